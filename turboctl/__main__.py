@@ -1,0 +1,3 @@
+from turboctl.cli.main import run
+
+run()

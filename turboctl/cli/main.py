@@ -1,0 +1,44 @@
+"""The ``turboctl`` Typer application."""
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import build as build_cmd
+from . import doctor as doctor_cmd
+
+app = typer.Typer(
+    name="turboctl",
+    help="Build the pinned llama.cpp with the TurboQuant KV-cache patch series, and check the "
+         "machine. Set TURBOCTL_HOME to move all data; TURBOCTL_DEBUG=1 shows tracebacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"turboctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """turboctl: reproducible TurboQuant llama.cpp builds."""
+
+
+app.command("build")(build_cmd.build)
+app.command("doctor")(doctor_cmd.doctor)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,103 @@
+"""The error hierarchy. Every error a user can see is a TurboctlError.
+
+Each class has its own exit code so scripts can tell failures apart. The CLI prints
+``error: <message>`` (one line), then the optional hint, log path and relevant log lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class TurboctlError(Exception):
+    """Base class: a message for the user, an exit code and an optional fix."""
+
+    exit_code: int = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        log_path: Path | None = None,
+        details: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.log_path = log_path
+        self.details = list(details)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": type(self).__name__,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "hint": self.hint,
+            "log": str(self.log_path) if self.log_path else None,
+            "details": self.details,
+        }
+
+
+class UsageError(TurboctlError):
+    """The command line is wrong (bad option value, conflicting options)."""
+
+    exit_code = 2
+
+
+class ConfigError(TurboctlError):
+    """A data file shipped with or given to turboctl is invalid (pins, series)."""
+
+    exit_code = 3
+
+
+class SourceError(TurboctlError):
+    """The llama.cpp source could not be obtained or is not the pinned one."""
+
+    exit_code = 4
+
+
+class NetworkError(TurboctlError):
+    """A remote (git server, PyPI) could not be reached."""
+
+    exit_code = 5
+
+
+class VerificationError(TurboctlError):
+    """A checksum, commit id or built binary does not match what was expected."""
+
+    exit_code = 6
+
+
+class PatchError(TurboctlError):
+    """The patch series could not be applied, or the tree is not ours to patch."""
+
+    exit_code = 7
+
+
+class BuildError(TurboctlError):
+    """CMake configure or build failed."""
+
+    exit_code = 8
+
+
+class ToolMissing(TurboctlError):
+    """A program turboctl needs is not installed."""
+
+    exit_code = 9
+
+
+class DoctorFailed(TurboctlError):
+    """At least one required doctor check failed."""
+
+    exit_code = 10
+
+
+class CommandFailed(TurboctlError):
+    """A helper command failed (generic; callers usually pass a more specific class)."""
+
+    exit_code = 11
+
+
+EXIT_INTERRUPTED = 130

@@ -1,0 +1,176 @@
+"""The build manifest: what was built, from what, how, and what the binaries accept.
+
+Written as JSON (schema ``turboctl.manifest/1``) atomically into the build directory and
+copied to ``<home>/build/current-manifest.json``; other commands use :func:`load_current`
+and :func:`compare` (is this build still the pinned commit + current patch series?).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .patches import Series
+from .paths import Paths
+from .pins import Pin
+
+SCHEMA = "turboctl.manifest/1"
+FILENAME = "turboctl-manifest.json"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PinInfo(_Model):
+    url: str
+    tag: str
+    commit: str
+
+
+class SourceInfo(_Model):
+    kind: str
+    detail: str
+    path: str
+    base_commit: str
+
+
+class PatchEntry(_Model):
+    name: str
+    sha256: str
+
+
+class PatchInfo(_Model):
+    directory: str
+    series: list[PatchEntry]
+    head: str
+
+
+class CMakeInfo(_Model):
+    generator: str
+    flags: list[str]
+    build_dir: str
+    targets: list[str]
+    jobs: int
+    configured: bool = Field(description="False when the cached configuration was reused")
+    build_steps: int = Field(description="compile/link steps run by this build (0 = no-op)")
+
+
+class BinaryInfo(_Model):
+    path: str
+    sha256: str
+    size: int
+
+
+class Manifest(_Model):
+    schema_: str = Field(alias="schema")
+    turboctl_version: str
+    created: str
+    pin: PinInfo
+    source: SourceInfo
+    patches: PatchInfo
+    backend: str
+    host: dict[str, str]
+    cmake: CMakeInfo
+    compiler: dict[str, str]
+    binaries: dict[str, BinaryInfo]
+    cache_types: list[str]
+    version: list[str]
+    timings_s: dict[str, float]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+    def binary(self, name: str) -> Path:
+        return Path(self.binaries[name].path)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write JSON so that readers see either the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(manifest: Manifest, build_dir: Path, paths: Paths) -> Path:
+    doc = manifest.to_json_dict()
+    target = build_dir / FILENAME
+    write_atomic(target, doc)
+    write_atomic(paths.current_manifest, doc)
+    return target
+
+
+def load(path: Path) -> Manifest:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable build manifest ({exc})",
+                          hint="run turboctl build to write it again") from exc
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        found = raw.get("schema") if isinstance(raw, dict) else None
+        raise ConfigError(f"{path}: manifest schema {found!r}, expected {SCHEMA!r}",
+                          hint="run turboctl build to write it again")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: invalid build manifest at '{where}': {first['msg']}",
+                          hint="run turboctl build to write it again") from exc
+
+
+def load_current(paths: Paths) -> Manifest | None:
+    """The manifest of the latest successful build, or None if nothing was built yet."""
+    try:
+        return load(paths.current_manifest)
+    except FileNotFoundError:
+        return None
+
+
+def compare(manifest: Manifest, pin: Pin, series: Series) -> list[str]:
+    """Differences between a build and what turboctl would build now ([] = up to date)."""
+    problems: list[str] = []
+    if manifest.pin.commit != pin.commit:
+        problems.append(f"built from {manifest.pin.commit[:12]} ({manifest.pin.tag}), "
+                        f"the pin is {pin.commit[:12]} ({pin.llama_cpp.tag})")
+    built = [(p.name, p.sha256) for p in manifest.patches.series]
+    current = [(p.name, p.sha256) for p in series.patches]
+    if built != current:
+        b, c = dict(built), dict(current)
+        changed = sorted(n for n in c if n in b and b[n] != c[n])
+        missing = [n for n in c if n not in b]
+        extra = [n for n in b if n not in c]
+        parts = []
+        if missing:
+            parts.append("not applied: " + ", ".join(missing))
+        if extra:
+            parts.append("no longer in the series: " + ", ".join(extra))
+        if changed:
+            parts.append("changed since the build: " + ", ".join(changed))
+        problems.append("patch series differs (" + ("; ".join(parts) or "order changed") + ")")
+    for name, info in manifest.binaries.items():
+        if not Path(info.path).is_file():
+            problems.append(f"{name} is missing: {info.path}")
+    return problems
