@@ -234,17 +234,23 @@ def find_binary(build_dir: Path, name: str) -> Path | None:
 
 
 def compiler_info(build_dir: Path) -> dict[str, str]:
-    """CMAKE_CXX_COMPILER from CMakeCache.txt plus id/version from CMakeFiles."""
-    info: dict[str, str] = {}
+    """The C++ compiler (the C one for C-only projects): path from CMakeCache.txt, id and
+    version from CMakeFiles/<cmake version>/CMake<LANG>Compiler.cmake."""
     cache = build_dir / "CMakeCache.txt"
-    if cache.is_file():
-        for line in cache.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("CMAKE_CXX_COMPILER:"):
+    cache_text = cache.read_text(encoding="utf-8", errors="replace") if cache.is_file() else ""
+    for lang in ("CXX", "C"):
+        info: dict[str, str] = {}
+        for line in cache_text.splitlines():
+            if line.startswith(f"CMAKE_{lang}_COMPILER:"):
                 info["path"] = line.split("=", 1)[1]
-    for f in sorted((build_dir / "CMakeFiles").glob("*/CMakeCXXCompiler.cmake")):
-        text = f.read_text(encoding="utf-8", errors="replace")
-        for key, var in (("id", "CMAKE_CXX_COMPILER_ID"), ("version", "CMAKE_CXX_COMPILER_VERSION")):
-            m = re.search(rf'^set\({var} "([^"]*)"\)', text, re.MULTILINE)
-            if m:
-                info[key] = m.group(1)
-    return info
+        for f in sorted((build_dir / "CMakeFiles").glob(f"*/CMake{lang}Compiler.cmake")):
+            text = f.read_text(encoding="utf-8", errors="replace")
+            for key, var in (("id", f"CMAKE_{lang}_COMPILER_ID"),
+                             ("version", f"CMAKE_{lang}_COMPILER_VERSION")):
+                m = re.search(rf'^set\({var} "([^"]*)"\)', text, re.MULTILINE)
+                if m:
+                    info[key] = m.group(1)
+        if info:
+            info["language"] = lang
+            return info
+    return {}

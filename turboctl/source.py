@@ -108,7 +108,7 @@ def write_marker(tree: Path, *, kind: str, detail: str, base: str, pin: Pin) -> 
 
 # --------------------------------------------------------------------------- tree import
 def import_commit_message(pin: Pin) -> str:
-    return f"llama.cpp {pin.llama_cpp.tag} ({pin.commit[:12]}), imported by turboctl\n"
+    return f"llama.cpp {pin.llama_cpp.tag} ({pin.commit[:12]}), imported by turboctl"
 
 
 def import_tree(tree: Path, pin: Pin, log: Path) -> str:

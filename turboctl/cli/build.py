@@ -51,13 +51,18 @@ def build(
         typer.Option("--patches", help="Patch series directory [default: the one shipped "
                                        "with turboctl].", show_default=False),
     ] = None,
+    pins: Annotated[
+        Path | None,
+        typer.Option("--pins", hidden=True, help="Use another pins file (maintainers: try a "
+                                                  "pin bump before committing it)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build llama.cpp at the pinned commit with the TurboQuant patch series."""
     ui = start(json_out)
     plan = build_logic.make_plan(
         paths=get_paths(), source_arg=source, backend=backend, jobs=jobs, force=force,
-        selftest=selftest, curl=curl, patches_dir=patches_dir)
+        selftest=selftest, curl=curl, patches_dir=patches_dir, pins_path=pins)
     ui.kv("plan", plan.rows())
     result = build_logic.run(plan, ui)
     if json_out:
