@@ -111,10 +111,10 @@ class FakeWorld:
     home: Path
 
     def write_pin(self, **changes: Any) -> Path:
-        """Write a modified copy of the pin (nested dicts merge one level deep)."""
+        """Write a modified copy of the pin ([llama_cpp] and [sdist] changes are merged)."""
         doc = self.pin.model_dump(by_alias=True)
         for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            if key in ("llama_cpp", "sdist"):
                 doc[key] = {**doc[key], **value}
             else:
                 doc[key] = value

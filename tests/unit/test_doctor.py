@@ -38,7 +38,8 @@ TOOLS_MAC = {
 def mac_outputs(displays: str = "system_profiler-SPDisplaysDataType-m3pro.json",
                 clt: bool = True) -> dict[tuple[str, ...], str | None]:
     out: dict[tuple[str, ...], str | None] = {
-        ("sysctl", "-n", "machdep.cpu.brand_string"): (MAC / "sysctl-machdep.cpu.brand_string.txt").read_text(),
+        ("sysctl", "-n", "machdep.cpu.brand_string"):
+            (MAC / "sysctl-machdep.cpu.brand_string.txt").read_text(),
         ("sysctl", "-n", "hw.memsize"): (MAC / "sysctl-hw.memsize.txt").read_text(),
         ("sysctl", "iogpu.wired_limit_mb"): (MAC / "sysctl-iogpu.wired_limit_mb.txt").read_text(),
         ("system_profiler", "SPDisplaysDataType", "-json"): (MAC / displays).read_text(),

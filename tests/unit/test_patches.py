@@ -85,7 +85,7 @@ def test_changed_patch_is_detected_and_reapplied(repo: tuple[Path, str], tmp_pat
 
 
 def test_removed_patch_is_detected(repo: tuple[Path, str], tmp_path: Path) -> None:
-    tree, base = repo
+    tree, _ = repo
     apply(repo)
     shorter = tmp_path / "shorter"
     shutil.copytree(DATA / "patches", shorter)
@@ -114,7 +114,7 @@ def test_failing_patch_reports_hunk_and_leaves_base(repo: tuple[Path, str]) -> N
 
 
 def test_dirty_tree_is_refused_then_forced(repo: tuple[Path, str]) -> None:
-    tree, base = repo
+    tree, _ = repo
     apply(repo)
     (tree / "src/tool.c").write_text("/* local edit */\n")
     with pytest.raises(PatchError) as err:
@@ -135,7 +135,7 @@ def test_untracked_file_counts_as_dirty(repo: tuple[Path, str]) -> None:
 
 
 def test_foreign_commit_is_refused(repo: tuple[Path, str]) -> None:
-    tree, base = repo
+    tree, _ = repo
     (tree / "src/tool.c").write_text("/* someone else's commit */\n")
     gitrepo.run_git(["commit", "-q", "-am", "foreign"], tree, fixed_dates=True, echo=False)
     with pytest.raises(PatchError, match="neither the pinned base"):
@@ -155,7 +155,7 @@ def test_interrupted_am_is_refused(repo: tuple[Path, str]) -> None:
 
 
 def test_empty_series_records_state(repo: tuple[Path, str], tmp_path: Path) -> None:
-    tree, base = repo
+    _, base = repo
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "series").write_text(patches.SERIES_HEADER)
