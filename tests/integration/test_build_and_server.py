@@ -1,0 +1,108 @@
+"""Slow: the real build of the pinned llama.cpp, its manifest, a no-op rebuild, and the built
+llama-server answering a completion with a generated tiny model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.integration.conftest import run_turboctl_build, slow_home
+from tests.integration.tinymodel import write_tiny_model
+from turboctl import gitrepo, manifest, patches
+from turboctl.pins import load_pin
+
+pytestmark = pytest.mark.slow
+
+
+def test_manifest_matches_pin(llama_build: manifest.Manifest) -> None:
+    pin = load_pin()
+    m = llama_build
+    assert m.pin.commit == pin.commit and m.pin.tag == pin.llama_cpp.tag
+    assert m.source.kind == "sdist"
+    assert m.source.base_commit == pin.sdist.tree_commit
+    assert m.backend == "cpu"
+    assert "-DLLAMA_CURL=OFF" in m.cmake.flags
+    assert set(pin.llama_cpp.cache_types) <= set(m.cache_types)
+    assert m.version and m.version[0].startswith("version:")
+    assert m.compiler.get("version")
+    for name, info in m.binaries.items():
+        path = Path(info.path)
+        assert path.is_file(), name
+        assert gitrepo.file_sha256(path) == info.sha256
+    assert manifest.compare(m, pin, patches.load_series()) == []
+
+
+def test_second_build_is_a_noop(llama_build: manifest.Manifest) -> None:
+    res, seconds = run_turboctl_build(slow_home(), "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    print(f"\n[no-op build] {seconds:.1f} s wall; phases: {doc['timings_s']}")
+    assert doc["cmake"]["configured"] is False
+    assert doc["cmake"]["build_steps"] == 0
+    assert "(reused)" in res.stderr and "patch series already applied" in res.stderr
+    assert doc["binaries"] == {k: v.model_dump() for k, v in llama_build.binaries.items()}
+    assert seconds < 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(url: str, body: dict[str, object] | None = None, timeout: float = 60) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return int(r.status), r.read()
+
+
+def test_server_completion_and_clean_stop(llama_build: manifest.Manifest, tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [llama_build.binaries["llama-server"].path, "-m", str(model), "--host", "127.0.0.1",
+         "--port", str(port), "-c", "256", "-t", "2", "-np", "1"],
+        stdout=log, stderr=subprocess.STDOUT)
+    ps = psutil.Process(server.pid)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                status, _ = http(f"http://127.0.0.1:{port}/health", timeout=2)
+                if status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "llama-server did not become healthy in 120 s"
+            time.sleep(0.25)
+        status, body = http(f"http://127.0.0.1:{port}/completion",
+                            {"prompt": "the cache", "n_predict": 8, "ignore_eos": True,
+                             "temperature": 0})
+        doc = json.loads(body)
+        assert status == 200
+        assert doc["tokens_predicted"] == 8
+        assert isinstance(doc["content"], str)
+        children = ps.children(recursive=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            rc = server.wait(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+            log.close()
+    assert rc == 0, (tmp_path / "server.log").read_text()[-3000:]
+    assert not psutil.pid_exists(server.pid)  # reaped: no orphan, no zombie
+    assert [c.pid for c in children if c.is_running()] == []

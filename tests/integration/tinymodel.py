@@ -1,0 +1,111 @@
+"""A tiny, deterministic llama-architecture GGUF model for tests (random weights).
+
+Import it from any test::
+
+    from tests.integration.tinymodel import write_tiny_model
+    path = write_tiny_model(tmp_path / "tiny.gguf", head_dim=128)
+
+The tokenizer is a small SentencePiece-style ("llama") vocabulary with the 256 byte tokens,
+so llama.cpp can tokenize any text. Same arguments → byte-identical file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+WORDS = (
+    "the of and to in is was for on that with as by at from it his an were are which be this "
+    "has also or had its first new one their after two but not have they been who time city "
+    "year school during other team most people where some three all world between over known "
+    "cache quant turbo model layer head value key attention hello test"
+).split()
+
+
+def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [gguf.TokenType.BYTE] * 256
+    pieces = ["▁"] + [f"▁{w}" for w in WORDS] + list("abcdefghijklmnopqrstuvwxyz")
+    tokens += pieces
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    # SentencePiece scores: longer / earlier pieces win; control and byte tokens score 0
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
+    return tokens, scores, [int(t) for t in types]
+
+
+def write_tiny_model(
+    path: Path,
+    *,
+    head_dim: int = 128,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_head_kv: int = 1,
+    n_embd: int = 256,
+    n_ff: int = 512,
+    n_ctx: int = 2048,
+    seed: int = 1234,
+    dtype: str = "f16",
+) -> Path:
+    """Write the model to ``path`` and return it. ``dtype`` applies to the matrices
+    (``f16`` or ``f32``); norms are always f32, as llama.cpp expects."""
+    if dtype not in ("f16", "f32"):
+        raise ValueError("dtype must be f16 or f32")
+    rng = np.random.default_rng(seed)
+    wtype = np.float16 if dtype == "f16" else np.float32
+    tokens, scores, types = tiny_vocab()
+    n_vocab = len(tokens)
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(wtype)
+
+    def norm() -> np.ndarray:
+        return np.ones(n_embd, dtype=np.float32)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("turboctl tiny test model")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+
+    w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", norm())
+        w.add_tensor(f"blk.{i}.attn_q.weight", mat(n_head * head_dim, n_embd))
+        w.add_tensor(f"blk.{i}.attn_k.weight", mat(n_head_kv * head_dim, n_embd))
+        w.add_tensor(f"blk.{i}.attn_v.weight", mat(n_head_kv * head_dim, n_embd))
+        w.add_tensor(f"blk.{i}.attn_output.weight", mat(n_embd, n_head * head_dim))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", norm())
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", mat(n_embd, n_ff))
+    w.add_tensor("output_norm.weight", norm())
+    w.add_tensor("output.weight", mat(n_vocab, n_embd))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
