@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -83,7 +84,28 @@ def _spawn(args: list[str], cwd: Path | None, env: Mapping[str, str] | None) -> 
         encoding="utf-8",
         errors="replace",
         bufsize=1,
+        # own process group: on Ctrl-C or a timeout the whole tree (cmake → ninja →
+        # compilers) is stopped, not just the direct child
+        start_new_session=True,
     )
+
+
+def _stop(child: subprocess.Popen[str]) -> None:
+    """Terminate the child's process group, then kill it if it does not go."""
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        child.terminate()
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            child.kill()
+        child.wait()
 
 
 def run(
@@ -133,7 +155,7 @@ def run(
             def _kill() -> None:
                 nonlocal timed_out
                 timed_out = True
-                proc.kill()
+                _stop(proc)
             timer = threading.Timer(timeout, _kill)
             timer.start()
         try:
@@ -146,8 +168,7 @@ def run(
                     on_line(line.rstrip("\n"))
             returncode = proc.wait()
         except BaseException:
-            proc.kill()
-            proc.wait()
+            _stop(proc)
             raise
         finally:
             if timer is not None:

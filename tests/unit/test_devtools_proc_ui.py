@@ -180,3 +180,18 @@ def test_plain_table_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
     assert "name   status" in out and "cmake  fail" in out
     assert out.count("build: ") == 11  # first line, then one per 10 %; no bar off a terminal
     assert "\x1b[" not in out
+
+
+def test_timeout_stops_the_whole_process_tree(tmp_path: Path) -> None:
+    import psutil
+
+    pidfile = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+              "time.sleep(60)\n")
+    with pytest.raises(CommandFailed, match="did not finish"):
+        proc.run([sys.executable, "-c", script], timeout=1.5, echo=False)
+    grandchild = int(pidfile.read_text())
+    assert not psutil.pid_exists(grandchild) or \
+        psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
