@@ -17,11 +17,13 @@ import gguf
 import numpy as np
 
 WORDS = (
-    "the of and to in is was for on that with as by at from it his an were are which be this "
-    "has also or had its first new one their after two but not have they been who time city "
-    "year school during other team most people where some three all world between over known "
-    "cache quant turbo model layer head value key attention hello test"
-).split()
+    "the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at",
+    "from", "it", "his", "an", "were", "are", "which", "be", "this", "has", "also", "or",
+    "had", "its", "first", "new", "one", "their", "after", "two", "but", "not", "have", "they",
+    "been", "who", "time", "city", "year", "school", "during", "other", "team", "most",
+    "people", "where", "some", "three", "all", "world", "between", "over", "known", "cache",
+    "quant", "turbo", "model", "layer", "head", "value", "key", "attention", "hello", "test",
+)
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
