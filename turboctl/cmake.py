@@ -122,6 +122,9 @@ def cmake_flags(backend: Backend, host: Host, *, selftest: bool, curl: bool) -> 
         # b11312 ignores LLAMA_CURL (deprecated); its downloader uses cpp-httplib + OpenSSL.
         f"-DLLAMA_OPENSSL={'ON' if curl else 'OFF'}",
         f"-DLLAMA_BUILD_TESTS={'ON' if selftest else 'OFF'}",
+        # b11312 downloads an unpinned web UI from Hugging Face on every build unless this
+        # is OFF: no network during builds, and the binary depends only on the tree.
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
         f"-DGGML_CCACHE={'ON' if host.which('ccache') else 'OFF'}",
     ]
     flags += backend.flags(host)

@@ -39,6 +39,7 @@ def test_backend_flags() -> None:
     assert "-DGGML_METAL=ON" in metal and "-DGGML_METAL_EMBED_LIBRARY=ON" in metal
     assert "-DGGML_CCACHE=ON" in metal and "-DLLAMA_CURL=OFF" in metal
     assert "-DLLAMA_BUILD_TESTS=OFF" in metal and "-DLLAMA_OPENSSL=OFF" in metal
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in metal  # no web UI download during builds
     cpu_mac = cmake.cmake_flags(cmake.BACKENDS["cpu"], mac, selftest=True, curl=True)
     assert "-DGGML_METAL=OFF" in cpu_mac and "-DLLAMA_BUILD_TESTS=ON" in cpu_mac
     assert "-DLLAMA_OPENSSL=ON" in cpu_mac
