@@ -223,6 +223,8 @@ def build(build_dir: Path, build_targets: Sequence[str], jobs: int, *, env: Mapp
                   *build_targets, "-j", str(jobs)],
                  env=env, log=log, on_line=progress.feed, error=BuildError, what="cmake build",
                  hint="the log has the full compiler output")
+        if progress.total and progress.done < progress.total:
+            bar.update(progress.total, progress.total)  # ninja skips up-to-date steps
     return progress
 
 
