@@ -146,40 +146,65 @@ def make_sdist(tree: Path, out: Path) -> Path:
     return out
 
 
-@pytest.fixture
-def fake_world(tmp_path: Path) -> FakeWorld:
-    tree = tmp_path / "fake-llama"
-    shutil.copytree(DATA / "fake-llama", tree)
-    upstream = tmp_path / "upstream"
-    shutil.copytree(tree, upstream)
-    commit = git_commit_all(upstream, "fake upstream")
-    proc.run(["git", "tag", FAKE_TAG], cwd=upstream, echo=False)
+@dataclass(frozen=True)
+class _Template:
+    root: Path
+    commit: str
+    tree_commit: str
+
+
+@pytest.fixture(scope="session")
+def _fake_template(tmp_path_factory: pytest.TempPathFactory) -> _Template:
+    """The expensive parts of the fake world, made once per session and copied per test."""
+    root = tmp_path_factory.mktemp("fake-template")
+    with pytest.MonkeyPatch.context() as mp:
+        home = root / "user-home"
+        home.mkdir()
+        mp.setenv("HOME", str(home))
+        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        tree = root / "fake-llama"
+        shutil.copytree(DATA / "fake-llama", tree)
+        upstream = root / "upstream"
+        shutil.copytree(tree, upstream)
+        commit = git_commit_all(upstream, "fake upstream")
+        proc.run(["git", "tag", FAKE_TAG], cwd=upstream, echo=False)
+        make_sdist(tree, root / "fake_llama-1.0.tar.gz")
+        probe = root / "probe-import"
+        shutil.copytree(tree, probe)
+        pin = _fake_pin(upstream, commit, root / "fake_llama-1.0.tar.gz", tree, None)
+        tree_commit = source.import_tree(probe, pin, root / "probe.log")
+    return _Template(root, commit, tree_commit)
+
+
+def _fake_pin(upstream: Path, commit: str, sdist: Path, tree: Path, tree_commit: str | None) -> Pin:
     series = patches.load_series(DATA / "patches")
     names = sorted(set(FAKE_ANCHORS) | set(series.upstream_files()))
-    files = {n: gitrepo.file_sha256(tree / n) for n in names}
-    sdist = make_sdist(tree, tmp_path / "fake_llama-1.0.tar.gz")
-    doc = {
+    return Pin.model_validate({
         "schema": 1,
         "llama_cpp": {"url": upstream.as_uri(), "tag": FAKE_TAG, "commit": commit,
                       "cache_types": ["f32", "f16", "q8_0", "q4_0"]},
         "sdist": {"package": "fake-llama", "version": "1.0", "filename": sdist.name,
                   "url": "https://files.example.invalid/fake_llama-1.0.tar.gz",
                   "size": sdist.stat().st_size, "sha256": gitrepo.file_sha256(sdist),
-                  "subdir": FAKE_SDIST_PREFIX, "tree_commit": None},
+                  "subdir": FAKE_SDIST_PREFIX, "tree_commit": tree_commit},
         "anchors": list(FAKE_ANCHORS),
-        "files": files,
-    }
-    pin = Pin.model_validate(doc)
-    # the deterministic commit id of the imported tree
-    probe = tmp_path / "probe-import"
-    shutil.copytree(tree, probe)
-    tree_commit = source.import_tree(probe, pin, tmp_path / "probe.log")
-    shutil.rmtree(probe)
-    doc["sdist"]["tree_commit"] = tree_commit  # type: ignore[index]
-    pin = Pin.model_validate(doc)
+        "files": {n: gitrepo.file_sha256(tree / n) for n in names},
+    })
+
+
+@pytest.fixture
+def fake_world(tmp_path: Path, _fake_template: _Template) -> FakeWorld:
+    t = _fake_template
+    tree = tmp_path / "fake-llama"
+    shutil.copytree(t.root / "fake-llama", tree, symlinks=True)
+    upstream = tmp_path / "upstream"
+    shutil.copytree(t.root / "upstream", upstream, symlinks=True)
+    sdist = tmp_path / "fake_llama-1.0.tar.gz"
+    shutil.copy(t.root / sdist.name, sdist)
+    pin = _fake_pin(upstream, t.commit, sdist, tree, t.tree_commit)
     pins = tmp_path / "pins.toml"
     pins.write_text(render_pins(pin), encoding="utf-8")
     home = Path(os.environ["TURBOCTL_HOME"])
     (home / "cache").mkdir(parents=True)
     shutil.copy(sdist, home / "cache" / sdist.name)
-    return FakeWorld(tree, upstream, commit, sdist, pins, pin, DATA / "patches", home)
+    return FakeWorld(tree, upstream, t.commit, sdist, pins, pin, DATA / "patches", home)
