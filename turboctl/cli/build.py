@@ -27,7 +27,7 @@ def build(
     ] = "auto",
     jobs: Annotated[
         int | None,
-        typer.Option("--jobs", "-j", help="Parallel compile jobs [default: CPU count].",
+        typer.Option("--jobs", "-j", help="Parallel compile jobs (default: the number of CPUs).",
                      show_default=False),
     ] = None,
     force: Annotated[
@@ -48,8 +48,8 @@ def build(
     ] = False,
     patches_dir: Annotated[
         Path | None,
-        typer.Option("--patches", help="Patch series directory [default: the one shipped "
-                                       "with turboctl].", show_default=False),
+        typer.Option("--patches", help="Patch series directory (default: the one shipped "
+                                       "with turboctl).", show_default=False),
     ] = None,
     pins: Annotated[
         Path | None,
