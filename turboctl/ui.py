@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 
 class ProgressHandle:
@@ -111,7 +112,8 @@ class UI:
             for col in columns:
                 table.add_column(col, overflow="fold")
             for i, row in enumerate(rows):
-                table.add_row(*row, style=row_styles[i] if row_styles else None)
+                table.add_row(*(Text(cell) for cell in row),
+                              style=row_styles[i] if row_styles else None)
             self.human.print(table)
             return
         self.human.print(escape(title))
