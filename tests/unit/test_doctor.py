@@ -153,9 +153,12 @@ def test_cuda_tools_reported_when_present() -> None:
 
 
 def test_low_disk_fails() -> None:
-    p = probe("Linux", "x86_64", dict(TOOLS_LINUX), free=1 * GIB)
+    p = probe("Linux", "x86_64", dict(TOOLS_LINUX), free=GIB // 2)
     failed = doctor.failed_required(doctor.run_checks(p, get_paths()))
     assert [c.name for c in failed] == ["disk"]
+    low = by_name(doctor.run_checks(probe("Linux", "x86_64", dict(TOOLS_LINUX), free=2 * GIB),
+                                     get_paths()))
+    assert low["disk"].status == "warn" and "keep at least 5 GiB free" in (low["disk"].fix or "")
 
 
 def test_json_report_validates_against_schema() -> None:
