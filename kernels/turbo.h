@@ -45,6 +45,15 @@ typedef struct {
 
 #if !defined(__METAL_VERSION__)
 
+// the reference lives in ggml-base and is called from the CPU backend library
+#ifndef TURBO_API
+#  if defined(__GNUC__) || defined(__clang__)
+#    define TURBO_API __attribute__((visibility("default")))
+#  else
+#    define TURBO_API
+#  endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -52,24 +61,24 @@ extern "C" {
 // Scalar reference: quantize k values (k % QK_TURBO == 0). Non-finite inputs (NaN, +-Inf)
 // are stored as 0; the rest of the block is quantized as if they were 0. Never writes a
 // non-finite value and never reads or writes outside x[0..k) / y[0..k/QK_TURBO).
-void turbo4_quantize_row_ref(const float * x, block_turbo4 * y, int64_t k);
-void turbo3_quantize_row_ref(const float * x, block_turbo3 * y, int64_t k);
-void turbo2_quantize_row_ref(const float * x, block_turbo2 * y, int64_t k);
+TURBO_API void turbo4_quantize_row_ref(const float * x, block_turbo4 * y, int64_t k);
+TURBO_API void turbo3_quantize_row_ref(const float * x, block_turbo3 * y, int64_t k);
+TURBO_API void turbo2_quantize_row_ref(const float * x, block_turbo2 * y, int64_t k);
 
 // Scalar reference dequantize: y[i] = d(b) * codebook[index] (one float multiply; every
 // backend computes exactly this).
-void turbo4_dequantize_row_ref(const block_turbo4 * x, float * y, int64_t k);
-void turbo3_dequantize_row_ref(const block_turbo3 * x, float * y, int64_t k);
-void turbo2_dequantize_row_ref(const block_turbo2 * x, float * y, int64_t k);
+TURBO_API void turbo4_dequantize_row_ref(const block_turbo4 * x, float * y, int64_t k);
+TURBO_API void turbo3_dequantize_row_ref(const block_turbo3 * x, float * y, int64_t k);
+TURBO_API void turbo2_dequantize_row_ref(const block_turbo2 * x, float * y, int64_t k);
 
 // The scale of scale byte b, and the scale byte rule (exposed for tests and backends).
-float turbo_scale_of(uint8_t b);
-int   turbo_first_scale(float amax);  // smallest b in [1, 255] with d(b) * 127 >= amax (255 if none)
+TURBO_API float turbo_scale_of(uint8_t b);
+TURBO_API int   turbo_first_scale(float amax);  // smallest b in [1, 255] with d(b) * 127 >= amax (255 if none)
 
 // The +-1 diagonal of the randomized Hadamard rotation, for head dims up to 4096:
 // sign i is bit (i % 64) of the (i / 64)-th output of splitmix64 seeded with
 // TURBO_ROT_SEED; bit set -> -1. The same prefix serves every head dim.
-void turbo_rot_signs(float * dst, int64_t n);
+TURBO_API void turbo_rot_signs(float * dst, int64_t n);
 
 #ifdef __cplusplus
 }
