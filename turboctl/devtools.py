@@ -211,6 +211,7 @@ def export_patches(
 ) -> None:
     """Write base..HEAD of a patched tree as git format-patch files plus a series file."""
     ui = start(False)
+    out = out.resolve()  # git runs inside the tree: a relative path would land there
     names = patches.export_series(tree, base, out, out / "export.log")
     (out / "export.log").unlink(missing_ok=True)
     ui.ok(f"wrote {len(names)} patches and {out / 'series'}")
