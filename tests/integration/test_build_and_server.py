@@ -4,18 +4,12 @@ llama-server answering a completion with a generated tiny model."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.integration.conftest import run_turboctl_build, slow_home
+from tests.integration.server import LlamaServer
 from tests.integration.tinymodel import write_tiny_model
 from turboctl import gitrepo, manifest, patches
 from turboctl.pins import load_pin
@@ -53,56 +47,12 @@ def test_second_build_is_a_noop(llama_build: manifest.Manifest) -> None:
     assert seconds < 60
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(url: str, body: dict[str, object] | None = None, timeout: float = 60) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return int(r.status), r.read()
-
-
 def test_server_completion_and_clean_stop(llama_build: manifest.Manifest, tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "tiny.gguf")
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [llama_build.binaries["llama-server"].path, "-m", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "-c", "256", "-t", "2", "-np", "1"],
-        stdout=log, stderr=subprocess.STDOUT)
-    ps = psutil.Process(server.pid)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                status, _ = http(f"http://127.0.0.1:{port}/health", timeout=2)
-                if status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "llama-server did not become healthy in 120 s"
-            time.sleep(0.25)
-        status, body = http(f"http://127.0.0.1:{port}/completion",
-                            {"prompt": "the cache", "n_predict": 8, "ignore_eos": True,
-                             "temperature": 0})
-        doc = json.loads(body)
-        assert status == 200
+    srv = LlamaServer(llama_build.binaries["llama-server"].path,
+                      ["-m", str(model), "-c", "256", "-t", "2", "-np", "1"], tmp_path / "server.log")
+    with srv:
+        doc = srv.completion({"prompt": "the cache", "n_predict": 8, "ignore_eos": True, "temperature": 0})
         assert doc["tokens_predicted"] == 8
         assert isinstance(doc["content"], str)
-        children = ps.children(recursive=True)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            rc = server.wait(timeout=30)
-        finally:
-            if server.poll() is None:
-                server.kill()
-            log.close()
-    assert rc == 0, (tmp_path / "server.log").read_text()[-3000:]
-    assert not psutil.pid_exists(server.pid)  # reaped: no orphan, no zombie
-    assert [c.pid for c in children if c.is_running()] == []
+    srv.assert_clean_exit()

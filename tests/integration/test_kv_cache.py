@@ -1,0 +1,151 @@
+"""Slow: the TurboQuant KV cache types in the real build.
+
+- the exact KV buffer size per type (bits/value x values, from llama-server's own log);
+- every turbo type (and the asymmetric pairs) serving completions on the trained benchmark
+  model;
+- sequence removal and context shift (K-shift) with turbo K, through the llama.h API
+  (tests/integration/kv_consistency.cpp, compiled against the build);
+- bad configurations (no flash attention, unsupported head dim) refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.server import LlamaServer, run_to_exit
+from tests.integration.tinymodel import write_tiny_model
+from turboctl import manifest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+BENCH_MODEL = SHARED / "models" / "bench-a-h128.gguf"
+DOCS = SHARED / "corpora" / "docs-valid.txt"
+
+BITS = {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "turbo4": 4.25, "turbo3": 3.25, "turbo2": 2.25}
+KV_LINE = re.compile(
+    r"llama_kv_cache: K \((\w+)\): (\d+) bytes for (\d+) values \(([\d.]+) bits/value\), "
+    r"V \((\w+)\): (\d+) bytes for (\d+) values \(([\d.]+) bits/value\)")
+
+
+def needs_bench_model() -> None:
+    if not BENCH_MODEL.is_file() or not DOCS.is_file():
+        pytest.skip("the benchmark model and corpus (../shared) are not available")
+
+
+@pytest.mark.parametrize("type_k,type_v", [
+    ("turbo4", "turbo4"), ("turbo3", "turbo3"), ("turbo2", "turbo2"),
+    ("q8_0", "turbo3"), ("turbo4", "f16"), ("f16", "f16"), ("q4_0", "q4_0"),
+])
+def test_kv_buffer_size_is_exact(llama_build: manifest.Manifest, tmp_path: Path, type_k: str, type_v: str) -> None:
+    n_layer, n_head_kv, head_dim, n_ctx = 2, 1, 128, 512
+    model = write_tiny_model(tmp_path / "tiny.gguf", n_layer=n_layer, n_head_kv=n_head_kv, head_dim=head_dim)
+    srv = LlamaServer(llama_build.binaries["llama-server"].path,
+                      ["-m", str(model), "-c", str(n_ctx), "-np", "1", "-t", "2", "-fa", "on",
+                       "-ctk", type_k, "-ctv", type_v, "-lv", "4"], tmp_path / "server.log")
+    with srv:
+        doc = srv.completion({"prompt": "the cache", "n_predict": 4, "ignore_eos": True, "temperature": 0})
+        assert doc["tokens_predicted"] == 4
+    srv.assert_clean_exit()
+    m = KV_LINE.search(srv.log())
+    assert m, "llama-server did not log the exact KV cache size"
+    values = n_layer * n_head_kv * head_dim * n_ctx
+    for name, nbytes, nvalues, want in ((m[1], int(m[2]), int(m[3]), type_k), (m[5], int(m[6]), int(m[7]), type_v)):
+        assert name == want
+        assert nvalues == values
+        assert nbytes * 8 == BITS[want] * values, f"{want}: {nbytes} bytes for {values} values"
+    # and the summary line agrees: K + V in MiB
+    summary = re.search(r"llama_kv_cache: size = +([\d.]+) MiB", srv.log())
+    assert summary and abs(float(summary[1]) - (int(m[2]) + int(m[6])) / 2**20) < 0.006
+
+
+@pytest.mark.parametrize("type_k,type_v", [
+    ("turbo4", "turbo4"), ("turbo3", "turbo3"), ("turbo2", "turbo2"),
+    ("q8_0", "turbo3"), ("turbo4", "q8_0"), ("turbo4", "f16"), ("f16", "turbo4"),
+])
+def test_turbo_types_serve_the_benchmark_model(llama_build: manifest.Manifest, tmp_path: Path,
+                                               type_k: str, type_v: str) -> None:
+    needs_bench_model()
+    prompt = DOCS.read_text()[:3000]
+    srv = LlamaServer(llama_build.binaries["llama-server"].path,
+                      ["-m", str(BENCH_MODEL), "-c", "2048", "-np", "1", "-t", "2", "-fa", "on",
+                       "-ctk", type_k, "-ctv", type_v], tmp_path / "server.log")
+    with srv:
+        doc = srv.completion({"prompt": prompt, "n_predict": 32, "temperature": 0, "n_probs": 1})
+        assert doc["tokens_predicted"] == 32
+        assert isinstance(doc["content"], str) and doc["content"].strip()
+    srv.assert_clean_exit()
+
+
+@pytest.fixture(scope="module")
+def kv_consistency(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/integration/kv_consistency.cpp compiled against the build's llama.h and libs."""
+    src = Path(llama_build.source.path)
+    bindir = Path(llama_build.binaries["llama-server"].path).parent
+    cxx = llama_build.compiler.get("path") or shutil.which("c++") or "g++"
+    exe = tmp_path_factory.mktemp("kvc") / "kv_consistency"
+    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
+           str(REPO / "tests" / "integration" / "kv_consistency.cpp"), "-L", str(bindir),
+           "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{bindir}", "-o", str(exe)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    return exe
+
+
+# KL divergence (mean over 40 tokens) allowed between a shifted cache and the same cache
+# unshifted. A correct shift costs one more quantization of K (q4_0 measures ~0.017 here);
+# a broken one (e.g. RoPE applied in the rotated domain) scrambles K and lands far above 1.
+SHIFT_KL_MAX = {"f16": 1e-4, "q8_0": 1e-3, "q4_0": 0.06, "turbo4": 0.06, "turbo3": 0.15, "turbo2": 0.35}
+
+
+@pytest.mark.parametrize("type_k,type_v", [
+    ("f16", "f16"), ("q4_0", "q4_0"), ("turbo4", "turbo4"), ("turbo3", "turbo3"), ("turbo2", "turbo2"),
+    ("turbo4", "f16"), ("q8_0", "turbo3"),
+])
+def test_sequence_removal_and_context_shift(kv_consistency: Path, type_k: str, type_v: str) -> None:
+    needs_bench_model()
+    rc, out = run_to_exit(str(kv_consistency), [str(BENCH_MODEL), str(DOCS), type_k, type_v, "2"], timeout=300)
+    assert rc == 0, out[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("type_k="))
+    res = dict(kv.split("=", 1) for kv in line.split())
+    print(f"\n[kv_consistency] {line}")
+    assert int(res["seq_rm_pos_max"]) == 299, "seq_rm left cells of the removed positions"
+    # removing the tail and decoding it again gives the same distributions
+    assert float(res["kl_seq_rm"]) <= 1e-6
+    assert float(res["kl_shift"]) <= SHIFT_KL_MAX[type_k]
+    # the check has teeth: dropping 100 tokens of history changes the distributions far more
+    assert float(res["kl_dropped"]) > 10 * SHIFT_KL_MAX["f16"]
+
+
+def test_turbo_without_flash_attention_is_refused(llama_build: manifest.Manifest, tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    rc, out = run_to_exit(llama_build.binaries["llama-server"].path,
+                          ["-m", str(model), "-c", "256", "-fa", "off", "-ctk", "turbo4", "-ctv", "turbo4",
+                           "--port", "0"])
+    assert rc != 0
+    assert "the TurboQuant cache type turbo4 requires flash attention: run with -fa on (or auto)" in out
+
+
+@pytest.mark.parametrize("head_dim", [80, 96])
+def test_unsupported_head_dim_is_refused(llama_build: manifest.Manifest, tmp_path: Path, head_dim: int) -> None:
+    model = write_tiny_model(tmp_path / "tiny.gguf", head_dim=head_dim)
+    rc, out = run_to_exit(llama_build.binaries["llama-server"].path,
+                          ["-m", str(model), "-c", "256", "-fa", "on", "-ctk", "turbo3", "-ctv", "f16",
+                           "--port", "0"])
+    assert rc != 0
+    assert (f"K cache type turbo3 does not support head dim {head_dim} (layer 0): TurboQuant types support "
+            "head dims 64, 128, 256 and 512; use q8_0 or q4_0 for this model") in out
+    # a non-turbo type on the same model works: the refusal is about the turbo type
+    other = "q8_0" if head_dim % 32 == 0 else "f16"
+    srv = LlamaServer(llama_build.binaries["llama-server"].path,
+                      ["-m", str(model), "-c", "256", "-np", "1", "-fa", "on", "-ctk", other, "-ctv", other],
+                      tmp_path / "server.log")
+    with srv:
+        assert srv.completion({"prompt": "a", "n_predict": 2, "ignore_eos": True})["tokens_predicted"] == 2
+    srv.assert_clean_exit()
