@@ -14,6 +14,8 @@ static float frand(void) {
     return (float) ((rng_state >> 40) & 0xFFFFFF) / 16777216.0f * 2.0f - 1.0f;
 }
 
+void turbo_vec_dot_q8_0_generic(int bits, int n, float * s, const void * x, const void * y);
+
 typedef void (*quant_fn)(const float *, void *, int64_t);
 typedef void (*deq_fn)(const void *, float *, int64_t);
 typedef void (*dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
@@ -85,8 +87,14 @@ int main(void) {
                     }
                     float s = 0.0f;
                     dot[t]((int) k, &s, 0, qa, 0, q8, 0, 1);
-                    if (!isfinite(s)) {
-                        fprintf(stderr, "turbo%d: non-finite dot product\n", bits[t]);
+                    float g = 0.0f;
+                    turbo_vec_dot_q8_0_generic(bits[t], (int) k, &g, qa, q8);
+                    double mag = 0.0;
+                    for (int64_t i = 0; i < k; ++i) {
+                        mag += fabs((double) ya[i]) * 127.0 * 0.0625;
+                    }
+                    if (!isfinite(s) || fabs((double) s - (double) g) > 1e-5 * mag + 1e-30) {
+                        fprintf(stderr, "turbo%d hd=%d: SIMD dot %g != scalar dot %g\n", bits[t], head_dims[h], s, g);
                         failures++;
                     }
                     free(q8); free(ya); free(yb); free(qa); free(qb); free(x);

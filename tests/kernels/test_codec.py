@@ -245,3 +245,25 @@ def test_under_address_sanitizer(kernel_build_dir, variant: str) -> None:  # typ
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"impl={variant}" in run.stdout and "failures=0" in run.stdout
+
+
+def test_neon_kernels_under_qemu(kernel_build_dir) -> None:  # type: ignore[no-untyped-def]
+    """The aarch64 NEON kernels (what the CPU backend runs on a Mac), cross-compiled and run
+    under qemu-user: quantize/dequantize bit-exact with the reference, dot products equal to
+    the scalar ones, exactly-sized buffers."""
+    import shutil
+    import subprocess
+
+    from tests.kernels.conftest import KERNELS, SOURCES
+
+    gcc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if not gcc or not qemu:
+        pytest.skip("aarch64-linux-gnu-gcc and qemu-aarch64 are needed (Debian: gcc-aarch64-linux-gnu qemu-user)")
+    exe = kernel_build_dir / "neon-check"
+    src = [str(s) for s in SOURCES] + [str(KERNELS.parent / "tests" / "kernels" / "asan_check.c")]
+    res = subprocess.run([gcc, "-std=c11", "-O2", "-ffp-contract=off", "-static", "-I", str(KERNELS), *src,
+                          "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    run = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "impl=neon" in run.stdout and "failures=0" in run.stdout
