@@ -66,9 +66,9 @@ def _fast_suite_guard(request: pytest.FixtureRequest, tmp_path: Path,
     guard = Guard(tmp_path)
     real_spawn = proc._spawn
 
-    def guarded_spawn(args: list[str], cwd: Path | None, env: Any) -> Any:
+    def guarded_spawn(args: list[str], cwd: Path | None, env: Any, *rest: Any) -> Any:
         guard.check(args, cwd)
-        return real_spawn(args, cwd, env)
+        return real_spawn(args, cwd, env, *rest)
 
     monkeypatch.setattr(proc, "_spawn", guarded_spawn)
     real_connect = socket.socket.connect

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from .errors import CommandFailed, ToolMissing, TurboctlError
 from .ui import get_ui
@@ -42,6 +43,7 @@ class Result:
     log_path: Path | None = None
     duration_s: float = 0.0
     lines: list[str] = field(default_factory=list)
+    timed_out: bool = False
 
 
 def resolve(program: str, env: Mapping[str, str] | None = None) -> str:
@@ -71,15 +73,19 @@ def relevant_lines(lines: Sequence[str], *, context: int = 2, limit: int = 30,
     return picked[:limit]
 
 
-def _spawn(args: list[str], cwd: Path | None, env: Mapping[str, str] | None) -> subprocess.Popen[str]:
-    """Start the child. Tests replace this function to forbid real builds."""
+def _spawn(args: list[str], cwd: Path | None, env: Mapping[str, str] | None,
+           stdout: IO[str] | None = None) -> subprocess.Popen[str]:
+    """Start the child. Tests replace this function to forbid real builds.
+
+    Without ``stdout`` the child's stdout and stderr are one pipe (``child.stdout``); with it,
+    stdout goes to that file and stderr is the pipe (``child.stderr``)."""
     return subprocess.Popen(
         args,
         cwd=cwd,
         env=dict(env) if env is not None else None,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE if stdout is not None else subprocess.STDOUT,
         text=True,
         encoding="utf-8",
         errors="replace",
@@ -122,6 +128,7 @@ def run(
     hint: str | None = None,
     echo: bool = True,
     shown: Sequence[str] | None = None,
+    stdout_path: Path | None = None,
 ) -> Result:
     """Run a command; see the module docstring.
 
@@ -129,6 +136,10 @@ def run(
     ("cmake configure"), ``hint`` says what to do.  ``echo=False`` keeps the command line
     off the console (still logged) for quick probes; ``shown`` is a shorter form of the
     command for the console (the log always has the full one).
+
+    ``stdout_path``: write the child's stdout to this file, untouched (a machine-readable
+    document such as SQL or JSON that stderr lines must not interleave with); only stderr
+    is then logged, passed to ``on_line`` and kept in ``Result.lines``.
     """
     argv = [os.fspath(a) for a in args]
     if not argv:
@@ -148,8 +159,16 @@ def run(
     lines: list[str] = []
     started = time.monotonic()
     timed_out = False
+    outf: IO[str] | None = None
     try:
-        proc = _spawn(argv_resolved, cwd, env)
+        if stdout_path is not None:
+            stdout_path.parent.mkdir(parents=True, exist_ok=True)
+            outf = stdout_path.open("w", encoding="utf-8")
+            if logf is not None:
+                logf.write(f"# stdout: {stdout_path}\n")
+                logf.flush()
+        proc = _spawn(argv_resolved, cwd, env, outf) if outf is not None else _spawn(argv_resolved, cwd, env)
+        stream = proc.stderr if outf is not None else proc.stdout
         timer: threading.Timer | None = None
         if timeout is not None:
             def _kill() -> None:
@@ -159,8 +178,8 @@ def run(
             timer = threading.Timer(timeout, _kill)
             timer.start()
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
+            assert stream is not None
+            for line in stream:
                 lines.append(line)
                 if logf is not None:
                     logf.write(line)
@@ -176,9 +195,11 @@ def run(
     finally:
         if logf is not None:
             logf.close()
+        if outf is not None:
+            outf.close()
     duration = time.monotonic() - started
     output = "".join(lines)
-    result = Result(argv, returncode, output, log, duration, [ln.rstrip("\n") for ln in lines])
+    result = Result(argv, returncode, output, log, duration, [ln.rstrip("\n") for ln in lines], timed_out)
     if check and (returncode != 0 or timed_out):
         label = what or Path(argv[0]).name
         if timed_out:

@@ -120,6 +120,22 @@ def test_run_streams_to_log_and_callback(tmp_path: Path) -> None:
     assert text.startswith("$ ") and text.endswith("a\nb\n")
 
 
+def test_run_stdout_to_a_file_apart_from_the_log(tmp_path: Path) -> None:
+    # a machine-readable stdout (SQL, JSON) must not interleave with stderr lines
+    script = ("import sys\nfor i in range(3):\n    print(f'row {i}', end='', flush=True)\n"
+              "    sys.stderr.write(f'log {i}\\n'); sys.stderr.flush()\n    print(';')")
+    out, log = tmp_path / "out" / "doc.sql", tmp_path / "x.log"
+    lines: list[str] = []
+    res = proc.run([sys.executable, "-c", script], log=log, on_line=lines.append, stdout_path=out, echo=False)
+    assert out.read_text() == "row 0;\nrow 1;\nrow 2;\n"
+    assert lines == res.lines == ["log 0", "log 1", "log 2"]
+    assert f"# stdout: {out}" in log.read_text() and "row 0" not in log.read_text()
+    assert res.timed_out is False
+    res = proc.run([sys.executable, "-c", "import time; time.sleep(10)"], timeout=0.5, check=False,
+                   stdout_path=out, echo=False)
+    assert res.timed_out is True and res.returncode != 0
+
+
 def test_run_failure_carries_relevant_lines(tmp_path: Path) -> None:
     script = ("import sys\nfor i in range(50): print('noise', i)\n"
               "print('foo.c:3: error: bad thing')\nsys.exit(3)")
