@@ -100,4 +100,36 @@ class CommandFailed(TurboctlError):
     exit_code = 11
 
 
+class GateRefused(TurboctlError):
+    """This build may not serve the requested KV cache types on its backend (the binary does
+    not accept them, or the backend self-test never ran, failed, or ran on another binary)."""
+
+    exit_code = 12
+
+
+class KVConfigError(TurboctlError):
+    """The KV cache configuration cannot work with this model (a turbo type without flash
+    attention, a head dim the turbo types do not support, MLA attention)."""
+
+    exit_code = 13
+
+
+class ModelError(TurboctlError):
+    """The model file is missing or is not a readable GGUF file."""
+
+    exit_code = 14
+
+
+class BenchError(TurboctlError):
+    """A benchmark run (llama-perplexity, llama-bench) failed or printed no usable result."""
+
+    exit_code = 15
+
+
+class SelftestFailed(TurboctlError):
+    """The backend self-test ran and did not pass (or could not run to the end)."""
+
+    exit_code = 16
+
+
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,230 @@
+"""What a GGUF model file says about its attention: read with ``gguf`` (llama.cpp's own reader).
+
+The head dims are derived the way llama.cpp b11312 does it (``src/llama-model.cpp``
+``load_hparams`` and ``src/llama-hparams.cpp``):
+
+* ``{arch}.attention.head_count`` and ``head_count_kv`` are a number or one per layer;
+  ``head_count_kv`` defaults to ``head_count``;
+* the K/V head dims of full-attention layers are ``{arch}.attention.key_length`` /
+  ``value_length``, defaulting to ``embedding_length / head_count`` (of layer 0);
+* sliding-window (SWA) layers use ``key_length_swa`` / ``value_length_swa`` when present
+  (defaulting to the full-attention dims); which layers are SWA comes from the
+  ``{arch}.attention.sliding_window_pattern`` array. Some architectures hard-code their
+  pattern in llama.cpp instead: then, when the SWA dims differ, both dims are treated as in
+  use (the check stays on the safe side);
+* MLA attention (``kv_lora_rank`` or ``key_length_mla`` present, or DeepSeek-V4) stores a
+  compressed latent, not per-head K/V: the turbo types do not support it.
+
+:func:`check_model_kv` refuses a turbo configuration the model cannot use before anything
+starts; the patched llama.cpp refuses the same, but only after loading the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import KVConfigError, ModelError
+from .kvconfig import KVConfig, is_turbo
+
+TURBO_HEAD_DIMS = (64, 128, 256, 512)
+MLA_ARCHITECTURES = ("deepseek4",)
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    index: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    swa: bool | None  # None: SWA layout not recorded in the file
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    architecture: str
+    name: str | None
+    n_layer: int
+    n_embd: int
+    n_head: int
+    head_dim_k: int
+    head_dim_v: int
+    head_dim_k_swa: int
+    head_dim_v_swa: int
+    has_swa_dims: bool
+    layers: tuple[LayerAttention, ...]
+    kv_lora_rank: int | None
+    mla: bool
+
+    def head_dims(self, which: str) -> dict[int, list[LayerAttention]]:
+        """Head dim → the layers that use it, for ``which`` = "k" or "v" (every layer, as the
+        patched llama.cpp checks them, whatever its KV head count)."""
+        out: dict[int, list[LayerAttention]] = {}
+        for layer in self.layers:
+            dim = layer.head_dim_k if which == "k" else layer.head_dim_v
+            out.setdefault(dim, []).append(layer)
+        # SWA dims recorded but no per-layer pattern in the file: count them as used
+        swa_dim = self.head_dim_k_swa if which == "k" else self.head_dim_v_swa
+        if self.has_swa_dims and any(layer.swa is None for layer in self.layers) and swa_dim not in out:
+            out[swa_dim] = []
+        return out
+
+    def summary(self) -> str:
+        dims_k = sorted(self.head_dims("k"))
+        dims_v = sorted(self.head_dims("v"))
+        kv = "MLA" if self.mla else f"head dims K {'/'.join(map(str, dims_k))}, V {'/'.join(map(str, dims_v))}"
+        return f"{self.architecture}, {self.n_layer} layers, {kv}"
+
+
+def _value(field: Any) -> Any:
+    """The value of a ``gguf.ReaderField`` (scalar, string, or list for arrays)."""
+    import gguf
+
+    types = list(field.types)
+    if not types:
+        return None
+    if types[0] == gguf.GGUFValueType.ARRAY:
+        if types[-1] == gguf.GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+        return [v for i in field.data for v in field.parts[i].tolist()]
+    if types[0] == gguf.GGUFValueType.STRING:
+        return bytes(field.parts[-1]).decode("utf-8", "replace")
+    return field.parts[-1].tolist()[0]
+
+
+def read_metadata(path: Path, *, skip_prefixes: Sequence[str] = ("tokenizer.",)) -> dict[str, Any]:
+    """All key/value metadata of a GGUF file (the large tokenizer arrays left out)."""
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path), "r")
+    except Exception as exc:  # gguf raises ValueError, struct errors, OSError, ...
+        raise ModelError(f"{path}: not a readable GGUF model ({type(exc).__name__}: {exc})",
+                         hint="pass a .gguf model file as llama.cpp uses it") from exc
+    return {name: _value(f) for name, f in reader.fields.items()
+            if not name.startswith(tuple(skip_prefixes))}
+
+
+def _per_layer(value: Any, n_layer: int, key: str, path: Path) -> list[int]:
+    if isinstance(value, list):
+        if len(value) != n_layer:
+            raise ModelError(f"{path}: {key} has {len(value)} entries for {n_layer} layers")
+        return [int(v) for v in value]
+    return [int(value)] * n_layer
+
+
+def model_info_from_metadata(meta: dict[str, Any], path: Path) -> ModelInfo:
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise ModelError(f"{path}: no general.architecture in the GGUF metadata")
+
+    def key(name: str) -> str:
+        return f"{arch}.{name}"
+
+    def get(name: str, default: Any = None) -> Any:
+        return meta.get(key(name), default)
+
+    n_layer = int(get("block_count", 0))
+    if n_layer <= 0:
+        raise ModelError(f"{path}: {key('block_count')} is missing")
+    n_embd = int(get("embedding_length", 0))
+    n_head_arr = _per_layer(get("attention.head_count", 0), n_layer, key("attention.head_count"), path)
+    kv_raw = get("attention.head_count_kv")
+    n_head_kv_arr = (n_head_arr if kv_raw is None
+                     else _per_layer(kv_raw, n_layer, key("attention.head_count_kv"), path))
+    n_head = n_head_arr[0]
+    if n_head > 0:
+        k_full = int(get("attention.key_length", n_embd // n_head))
+        v_full = int(get("attention.value_length", n_embd // n_head))
+    else:
+        k_full = v_full = 0
+    k_swa_raw = get("attention.key_length_swa")
+    v_swa_raw = get("attention.value_length_swa")
+    k_swa = int(k_swa_raw) if k_swa_raw is not None else k_full
+    v_swa = int(v_swa_raw) if v_swa_raw is not None else v_full
+    has_swa_dims = (k_swa, v_swa) != (k_full, v_full)
+    pattern = get("attention.sliding_window_pattern")
+    swa_flags: list[bool | None]
+    if isinstance(pattern, list):
+        if len(pattern) < n_layer:
+            raise ModelError(f"{path}: {key('attention.sliding_window_pattern')} has {len(pattern)} "
+                             f"entries for {n_layer} layers")
+        swa_flags = [bool(v) for v in pattern[:n_layer]]
+    elif has_swa_dims:
+        swa_flags = [None] * n_layer  # the pattern is hard-coded per architecture in llama.cpp
+    else:
+        swa_flags = [False] * n_layer  # SWA or not, the head dims are the same
+    layers = []
+    for il in range(n_layer):
+        swa = swa_flags[il]
+        layers.append(LayerAttention(
+            index=il, n_head_kv=n_head_kv_arr[il],
+            head_dim_k=k_swa if swa else k_full, head_dim_v=v_swa if swa else v_full, swa=swa))
+    lora = get("attention.kv_lora_rank")
+    mla = lora is not None or get("attention.key_length_mla") is not None or arch in MLA_ARCHITECTURES
+    name = meta.get("general.name")
+    return ModelInfo(
+        path=path, architecture=arch, name=name if isinstance(name, str) else None,
+        n_layer=n_layer, n_embd=n_embd, n_head=n_head, head_dim_k=k_full, head_dim_v=v_full,
+        head_dim_k_swa=k_swa, head_dim_v_swa=v_swa, has_swa_dims=has_swa_dims,
+        layers=tuple(layers), kv_lora_rank=int(lora) if lora is not None else None, mla=mla)
+
+
+def inspect_model(path: Path) -> ModelInfo:
+    """Read the attention layout of a GGUF model (ModelError when it cannot)."""
+    return model_info_from_metadata(read_metadata(path), path)
+
+
+def _layer_ranges(indices: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] → "0-2, 5, 7-8"."""
+    parts: list[str] = []
+    start = prev = None
+    for i in sorted(indices):
+        if start is None:
+            start = prev = i
+        elif prev is not None and i == prev + 1:
+            prev = i
+        else:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = i
+    if start is not None:
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ", ".join(parts)
+
+
+def _where(layers: Sequence[LayerAttention]) -> str:
+    if not layers:
+        return "SWA layers"
+    return ("layer " if len(layers) == 1 else "layers ") + _layer_ranges([la.index for la in layers])
+
+
+def check_model_kv(info: ModelInfo, cfg: KVConfig) -> None:
+    """Refuse a turbo K or V type the model cannot use (KVConfigError); others pass."""
+    if not cfg.uses_turbo:
+        return
+    turbo = cfg.type_k if is_turbo(cfg.type_k) else cfg.type_v
+    suggest = "use q8_0 or q4_0 for this model (e.g. --kv q8_0 or --kv q4_0)"
+    if info.mla:
+        detail = f"kv_lora_rank {info.kv_lora_rank}" if info.kv_lora_rank is not None else info.architecture
+        raise KVConfigError(
+            f"{info.path}: the TurboQuant cache type {turbo} does not support MLA attention "
+            f"({info.architecture}, {detail})", hint=suggest)
+    problems: list[str] = []
+    for which, cache_type in (("k", cfg.type_k), ("v", cfg.type_v)):
+        if not is_turbo(cache_type):
+            continue
+        dims = info.head_dims(which)
+        bad = {d: layers for d, layers in sorted(dims.items()) if d not in TURBO_HEAD_DIMS}
+        if bad:
+            noun = "head dim" if len(bad) == 1 else "head dims"
+            listed = ", ".join(f"{d} ({_where(layers)})" for d, layers in bad.items())
+            problems.append(f"{which.upper()} cache type {cache_type} does not support {noun} {listed}")
+    if problems:
+        raise KVConfigError(
+            f"{info.path}: {'; '.join(problems)}: TurboQuant types support head dims "
+            f"{', '.join(map(str, TURBO_HEAD_DIMS[:-1]))} and {TURBO_HEAD_DIMS[-1]}", hint=suggest)
