@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, cmake, gitrepo, manifest, patches, proc, source
+from . import selftest as selftest_mod
 from .errors import ConfigError, UsageError, VerificationError
 from .paths import Paths
 from .pins import Pin, default_pins_path, load_pin
@@ -49,6 +50,8 @@ class BuildPlan:
             ("build dir", str(self.build_dir)),
             ("targets", " ".join(self.targets)),
             ("jobs", str(self.jobs)),
+            ("self-test", f"test-backend-ops -p turbo on {self.backend.device} after the build"
+             if self.selftest else "off (--no-selftest): turbo KV cache types will be refused"),
         ]
 
 
@@ -59,7 +62,7 @@ def make_plan(
     backend: str = "auto",
     jobs: int | None = None,
     force: bool = False,
-    selftest: bool = False,
+    selftest: bool = True,
     curl: bool = False,
     patches_dir: Path | None = None,
     pins_path: Path | None = None,
@@ -176,6 +179,12 @@ def run(plan: BuildPlan, ui: UI) -> manifest.Manifest:
     with _phase("verify", timings, ui):
         binaries, types, version = verify(plan, log)
         ui.ok(f"llama-server accepts KV cache types: {', '.join(types)}")
+    record = None
+    if plan.selftest:
+        with _phase("selftest", timings, ui):
+            record = selftest_mod.run_binary(Path(binaries[cmake.SELFTEST_TARGET].path), plan.backend.name,
+                                         plan.paths, ui)
+            (ui.ok if record.status == "pass" else ui.warn)(f"self-test {selftest_mod.describe(record)}")
     timings["total"] = round(time.monotonic() - started, 3)
     result = manifest.Manifest.model_validate({
         "schema": manifest.SCHEMA,
@@ -196,7 +205,32 @@ def run(plan: BuildPlan, ui: UI) -> manifest.Manifest:
         "cache_types": types,
         "version": version,
         "timings_s": timings,
+        "selftest": record.model_dump(mode="json") if record else None,
     })
     where = manifest.save(result, plan.build_dir, plan.paths)
     ui.ok(f"manifest: {where} ({timings['total']:.1f} s)")
     return result
+
+
+# --------------------------------------------------------------------------- selftest again
+def rerun_selftest(current: manifest.Manifest, paths: Paths, ui: UI, *,
+                   pins_path: Path | None = None) -> manifest.Manifest:
+    """Run the self-test on the current build again and record it in its manifest.
+
+    When ``test-backend-ops`` is missing (a ``--no-selftest`` build) or is not the binary the
+    manifest recorded, the normal build path runs instead, with the self-test on and the
+    options of the current build (backend, patch series, ``--curl``)."""
+    info = current.binaries.get(cmake.SELFTEST_TARGET)
+    path = Path(info.path) if info else None
+    if info and path and path.is_file() and gitrepo.file_sha256(path) == info.sha256:
+        record = selftest_mod.run(current, paths, ui)
+        return manifest.with_selftest(current, record, paths)
+    ui.info(f"{cmake.SELFTEST_TARGET} is not built or changed: building it (turboctl build --selftest "
+            f"--backend {current.backend})")
+    patches_dir = Path(current.patches.directory)
+    plan = make_plan(paths=paths, backend=current.backend, selftest=True,
+                     curl="-DLLAMA_OPENSSL=ON" in current.cmake.flags,
+                     patches_dir=patches_dir if (patches_dir / "series").is_file() else None,
+                     pins_path=pins_path)
+    ui.kv("plan", plan.rows())
+    return run(plan, ui)

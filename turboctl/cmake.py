@@ -47,6 +47,8 @@ class Host:
 class Backend:
     name: str
     description: str
+    device: str
+    """The ggml device name of this backend (``test-backend-ops -b <device>``)."""
 
     def flags(self, host: Host) -> list[str]:
         raise NotImplementedError
@@ -82,9 +84,9 @@ class CpuBackend(Backend):
 
 
 BACKENDS: dict[str, Backend] = {
-    "metal": MetalBackend("metal", "Apple GPU via Metal (shader library embedded)"),
-    "cuda": CudaBackend("cuda", "NVIDIA GPU via CUDA"),
-    "cpu": CpuBackend("cpu", "CPU only"),
+    "metal": MetalBackend("metal", "Apple GPU via Metal (shader library embedded)", "MTL0"),
+    "cuda": CudaBackend("cuda", "NVIDIA GPU via CUDA", "CUDA0"),
+    "cpu": CpuBackend("cpu", "CPU only", "CPU"),
 }
 
 

@@ -21,14 +21,15 @@ from packaging.version import InvalidVersion, Version
 
 from . import __version__, proc
 from .errors import TurboctlError
-from .manifest import compare, load_current
+from .gate import name_cases, stale_reason
+from .kvconfig import TURBO_TYPES
+from .manifest import Manifest, compare, load_current
 from .patches import load_series
 from .paths import Paths
 from .pins import load_pin
 
-SCHEMA = "turboctl.doctor/1"
+SCHEMA = "turboctl.doctor/2"
 Status = Literal["ok", "warn", "fail", "skip"]
-TURBO_TYPES = ("turbo2", "turbo3", "turbo4")
 GIB = 1024**3
 
 MIN_GIT = Version("2.25")
@@ -329,7 +330,8 @@ def build_checks(paths: Paths, pins_path: Path | None = None,
         return [Check("build", "warn", exc.message, fix="turboctl build")]
     if m is None:
         return [Check("build", "warn", f"nothing built yet in {paths.home}", fix="turboctl build"),
-                Check("turbo cache types", "skip", "no build")]
+                Check("turbo cache types", "skip", "no build"),
+                Check("self-test", "skip", "no build")]
     try:
         problems = compare(m, load_pin(pins_path), load_series(patches_dir))
     except TurboctlError as exc:
@@ -348,7 +350,59 @@ def build_checks(paths: Paths, pins_path: Path | None = None,
                   "llama-server accepts " + ", ".join(TURBO_TYPES),
                   fix="needs the TurboQuant patch series; rebuild with turboctl build"
                   if missing else None)
-    return [build, turbo]
+    return [build, turbo, selftest_check(m)]
+
+
+def selftest_summary(m: Manifest) -> dict[str, Any] | None:
+    """The self-test of the current build for ``doctor --json`` (None: it never ran)."""
+    rec = m.selftest
+    if rec is None:
+        return None
+    return {
+        "status": rec.status,
+        "reason": rec.reason,
+        "backend": rec.backend,
+        "device": rec.device,
+        "when": rec.when,
+        "duration_s": rec.duration_s,
+        "counts": {**rec.counts.model_dump(), "total": rec.counts.total},
+        "failing": [c.label() for c in rec.failing],
+        "unsupported": [c.label() for c in rec.unsupported],
+        "stale": stale_reason(m, rec),
+        "command": rec.command,
+        "log": rec.log,
+    }
+
+
+def selftest_check(m: Manifest) -> Check:
+    """The backend self-test as a check: turbo types are served only after it passed."""
+    fix = "turboctl selftest"
+    data = selftest_summary(m) or {}
+    rec = m.selftest
+    if rec is None:
+        return Check("self-test", "warn", "never ran for this build: the turbo KV cache types are refused "
+                     "until it passes", fix=fix, data=data)
+    c = rec.counts
+    counts = f"{c.passed}/{c.total} turbo cases passed on {rec.device}"
+    if c.failed:
+        counts += f", {c.failed} failed"
+    if c.unsupported:
+        counts += f", {c.unsupported} not supported"
+    when = f"{rec.when}, {rec.duration_s:.1f} s"
+    if data.get("stale"):
+        return Check("self-test", "warn", f"{rec.status} ({counts}; {when}) but it ran on other binaries "
+                     f"({data['stale']}): the turbo KV cache types are refused", fix=fix, data=data)
+    if rec.status == "pass":
+        return Check("self-test", "ok", f"pass: {counts} ({when})", data=data)
+    cases = [*rec.failing, *rec.unsupported]
+    what = "could not run to the end: " if rec.status == "error" else ""
+    detail = f"{rec.status}: {what}{rec.reason} ({when})"
+    if cases:
+        detail += f"; cases: {name_cases(cases)}"
+    detail += "; the turbo KV cache types are refused on this build (q8_0, q4_0 still work)"
+    return Check("self-test", "warn", detail,
+                 fix=f"{fix} (after updating turboctl); report it with turboctl doctor --json and the log "
+                     f"{rec.log}", data=data)
 
 
 def run_checks(probe: Probe, paths: Paths, *, pins_path: Path | None = None,
@@ -368,12 +422,14 @@ def failed_required(checks: Sequence[Check]) -> list[Check]:
 
 def report(checks: Sequence[Check]) -> dict[str, Any]:
     counts = {s: sum(1 for c in checks if c.status == s) for s in ("ok", "warn", "fail", "skip")}
+    selftest = next((c.data for c in checks if c.name == "self-test" and c.data), None)
     return {
         "schema": SCHEMA,
         "turboctl_version": __version__,
         "ok": not failed_required(checks),
         "summary": counts,
         "checks": [asdict(c) for c in checks],
+        "selftest": selftest,
     }
 
 

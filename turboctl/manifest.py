@@ -1,8 +1,12 @@
 """The build manifest: what was built, from what, how, and what the binaries accept.
 
-Written as JSON (schema ``turboctl.manifest/1``) atomically into the build directory and
+Written as JSON (schema ``turboctl.manifest/2``) atomically into the build directory and
 copied to ``<home>/build/current-manifest.json``; other commands use :func:`load_current`
 and :func:`compare` (is this build still the pinned commit + current patch series?).
+
+Schema 2 added ``selftest`` (the backend self-test of the built binaries, see
+:mod:`turboctl.selftest`). A schema-1 manifest (written before the self-test existed) is
+still read: it becomes a schema-2 manifest whose self-test never ran.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,7 +25,8 @@ from .patches import Series
 from .paths import Paths
 from .pins import Pin
 
-SCHEMA = "turboctl.manifest/1"
+SCHEMA = "turboctl.manifest/2"
+SCHEMA_V1 = "turboctl.manifest/1"
 FILENAME = "turboctl-manifest.json"
 
 
@@ -69,6 +74,55 @@ class BinaryInfo(_Model):
     size: int
 
 
+class SelftestCounts(_Model):
+    passed: int = 0
+    failed: int = 0
+    unsupported: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.unsupported
+
+
+class SelftestCase(_Model):
+    """One test-backend-ops case that did not pass."""
+
+    op: str
+    params: str
+    result: Literal["failed", "unsupported"]
+    error: str = ""
+
+    def label(self) -> str:
+        return f"{self.op}({self.params})"
+
+
+class Selftest(_Model):
+    """The backend self-test (test-backend-ops, turbo cases) of one build."""
+
+    backend: str
+    device: str
+    command: list[str]
+    binary: str
+    binary_sha256: str
+    libraries: dict[str, str] = Field(
+        description="sha256 of the ggml libraries next to the binary (the code under test)")
+    when: str
+    duration_s: float
+    status: Literal["pass", "fail", "error"]
+    reason: str = Field(description="why the status is not pass ('' when it is)")
+    returncode: int | None
+    counts: SelftestCounts
+    per_op: dict[str, SelftestCounts]
+    per_type: dict[str, SelftestCounts] = Field(
+        description="every case that involves the type (as source, destination, K or V)")
+    per_pair: dict[str, SelftestCounts] = Field(
+        description="FLASH_ATTN_EXT cases per exact K/V pair, keyed 'K/V'")
+    failing: list[SelftestCase]
+    unsupported: list[SelftestCase]
+    log: str
+    output: str = Field(description="the SQL document test-backend-ops wrote")
+
+
 class Manifest(_Model):
     schema_: str = Field(alias="schema")
     turboctl_version: str
@@ -84,6 +138,7 @@ class Manifest(_Model):
     cache_types: list[str]
     version: list[str]
     timings_s: dict[str, float]
+    selftest: Selftest | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
@@ -120,6 +175,13 @@ def save(manifest: Manifest, build_dir: Path, paths: Paths) -> Path:
     return target
 
 
+def with_selftest(manifest: Manifest, record: Selftest | None, paths: Paths) -> Manifest:
+    """The manifest with this self-test record, saved (build directory and current)."""
+    updated = manifest.model_copy(update={"selftest": record})
+    save(updated, Path(manifest.cmake.build_dir), paths)
+    return updated
+
+
 def load(path: Path) -> Manifest:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -128,6 +190,8 @@ def load(path: Path) -> Manifest:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable build manifest ({exc})",
                           hint="run turboctl build to write it again") from exc
+    if isinstance(raw, dict) and raw.get("schema") == SCHEMA_V1 and "selftest" not in raw:
+        raw = {**raw, "schema": SCHEMA, "selftest": None}  # written before the self-test existed
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         found = raw.get("schema") if isinstance(raw, dict) else None
         raise ConfigError(f"{path}: manifest schema {found!r}, expected {SCHEMA!r}",

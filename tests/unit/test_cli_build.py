@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import DATA, FakeWorld, Guard
 from turboctl import manifest, patches
 from turboctl.cli.main import app
+from turboctl.errors import SelftestFailed
 from turboctl.paths import Paths
 from turboctl.pins import load_pin
 
@@ -37,11 +39,21 @@ def test_build_twice_second_is_noop(allow_cmake: Guard, fake_world: FakeWorld) -
     assert doc["cache_types"][-3:] == ["turbo2", "turbo3", "turbo4"]
     assert doc["version"] == ["version: 1 (fake000)", "built with a C compiler for tests"]
     assert set(doc["binaries"]) == {"llama-server", "llama-cli", "llama-bench",
-                                    "llama-perplexity", "llama-fit-params"}
+                                    "llama-perplexity", "llama-fit-params", "test-backend-ops"}
     assert all(len(b["sha256"]) == 64 for b in doc["binaries"].values())
     assert doc["cmake"]["configured"] is True and doc["cmake"]["build_steps"] > 0
+    assert "-DLLAMA_BUILD_TESTS=ON" in doc["cmake"]["flags"]  # the self-test is on by default
     assert doc["compiler"]["version"]
-    assert set(doc["timings_s"]) >= {"source", "patches", "configure", "build", "verify", "total"}
+    assert set(doc["timings_s"]) >= {"source", "patches", "configure", "build", "verify", "selftest",
+                                     "total"}
+    st = doc["selftest"]
+    assert st["status"] == "pass" and st["reason"] == ""
+    assert st["command"][1:] == ["-b", "CPU", "-p", "turbo", "--output", "sql"]
+    assert st["binary_sha256"] == doc["binaries"]["test-backend-ops"]["sha256"]
+    assert st["counts"] == {"passed": 4, "failed": 0, "unsupported": 0}
+    assert st["per_pair"] == {"turbo4/turbo4": {"passed": 1, "failed": 0, "unsupported": 0},
+                              "q8_0/turbo3": {"passed": 1, "failed": 0, "unsupported": 0}}
+    assert Path(st["log"]).is_file() and Path(st["output"]).read_text().startswith("CREATE TABLE")
     # the plan was printed (on stderr in JSON mode) before the work
     assert "==> plan" in err and "-DLLAMA_CURL=OFF" in err
     paths = Paths(fake_world.home)
@@ -62,15 +74,80 @@ def test_build_twice_second_is_noop(allow_cmake: Guard, fake_world: FakeWorld) -
     assert again.binaries == current.binaries
 
 
-def test_default_git_source_and_selftest(allow_cmake: Guard, fake_world: FakeWorld) -> None:
-    code, out, err = build(fake_world, "--selftest")
+def test_default_git_source_without_selftest(allow_cmake: Guard, fake_world: FakeWorld) -> None:
+    code, out, err = build(fake_world, "--no-selftest")
     assert code == 0, err
     assert "git " + fake_world.upstream.as_uri() + " (default)" in out
+    assert "off (--no-selftest): turbo KV cache types will be refused" in out
     m = manifest.load_current(Paths(fake_world.home))
     assert m is not None
     assert m.source.kind == "git" and m.source.base_commit == fake_world.commit
-    assert "test-backend-ops" in m.binaries
-    assert "-DLLAMA_BUILD_TESTS=ON" in m.cmake.flags
+    assert "test-backend-ops" not in m.binaries
+    assert "-DLLAMA_BUILD_TESTS=OFF" in m.cmake.flags
+    assert m.selftest is None
+
+
+def test_failing_selftest_is_recorded_and_exits_16(allow_cmake: Guard, fake_world: FakeWorld,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_SELFTEST", "fail")
+    code, out, err = build(fake_world, "--source", "sdist", "--json")
+    assert code == SelftestFailed.exit_code == 16
+    doc = json.loads(out)  # the manifest is still THE document on stdout
+    assert doc["selftest"]["status"] == "fail"
+    assert doc["selftest"]["reason"] == "1 failed of 4 turbo cases"
+    assert doc["selftest"]["failing"][0]["params"] == "hsk=128,hsv=128,nh=2,type_K=turbo4,type_V=turbo4"
+    assert ("error: the build finished and its manifest is written, but the backend self-test failed on "
+            "CPU: 1 failed of 4 turbo cases (FLASH_ATTN_EXT(hsk=128,hsv=128,nh=2,type_K=turbo4,"
+            "type_V=turbo4))") in err
+    assert "hint: the turbo KV cache types are refused on this build until it passes" in err
+    assert "log: " in err
+    m = manifest.load_current(Paths(fake_world.home))
+    assert m is not None and m.selftest is not None and m.selftest.status == "fail"
+
+
+def test_crashing_selftest_is_an_error(allow_cmake: Guard, fake_world: FakeWorld,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_SELFTEST", "crash")
+    code, _, err = build(fake_world, "--source", "sdist")
+    assert code == 16
+    assert "the backend self-test could not run to the end on CPU: test-backend-ops was killed by signal 6" in err
+    m = manifest.load_current(Paths(fake_world.home))
+    assert m is not None and m.selftest is not None
+    assert m.selftest.status == "error" and m.selftest.counts.passed == 2  # rows before the crash kept
+    monkeypatch.setenv("FAKE_SELFTEST", "empty")
+    code, _, err = build(fake_world, "--source", "sdist")
+    assert code == 16
+    assert "found no TurboQuant case for device CPU" in err
+
+
+def test_selftest_command(allow_cmake: Guard, fake_world: FakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    # nothing built yet
+    r = runner.invoke(app, ["selftest"])
+    assert r.exit_code == 3 and "error: nothing built yet in" in r.stderr
+    # a --no-selftest build: `turboctl selftest` builds test-backend-ops through the build path
+    code, _, err = build(fake_world, "--source", "sdist", "--no-selftest")
+    assert code == 0, err
+    r = runner.invoke(app, ["selftest", "--pins", str(fake_world.pins)])
+    assert r.exit_code == 0, r.output
+    assert "test-backend-ops is not built or changed: building it" in r.stdout
+    assert "-DLLAMA_BUILD_TESTS=ON" in r.stdout
+    assert "ok self-test pass: 4/4 turbo cases passed on CPU" in r.stdout
+    m = manifest.load_current(Paths(fake_world.home))
+    assert m is not None and m.selftest is not None and m.selftest.status == "pass"
+    assert m.patches.directory == str(DATA / "patches")  # the build's own series was kept
+    # again: test-backend-ops exists now, so only the self-test runs; a failure is recorded
+    monkeypatch.setenv("FAKE_SELFTEST", "unsupported")
+    r = runner.invoke(app, ["selftest", "--json"])
+    assert r.exit_code == 16
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "turboctl.selftest/1"
+    assert doc["selftest"]["status"] == "fail"
+    assert doc["selftest"]["unsupported"][0]["params"].endswith("type_K=q8_0,type_V=turbo3")
+    assert "==> plan" not in r.stderr  # no build this time
+    assert "1 not supported on CPU of 4 turbo cases" in r.stderr
+    again = manifest.load_current(Paths(fake_world.home))
+    assert again is not None and again.selftest is not None and again.selftest.status == "fail"
+    assert again.binaries == m.binaries
 
 
 def test_build_human_output_is_plain_without_terminal(allow_cmake: Guard,

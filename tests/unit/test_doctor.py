@@ -177,7 +177,8 @@ def test_cli_doctor_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     jsonschema.validate(doc, json.loads(doctor.schema_path().read_text()))
-    assert doc["schema"] == "turboctl.doctor/1" and doc["ok"] is True
+    assert doc["schema"] == "turboctl.doctor/2" and doc["ok"] is True
+    assert doc["selftest"] is None  # nothing built
 
 
 def test_cli_doctor_failure_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,3 +224,50 @@ def test_build_state_checks(tmp_path: Path) -> None:
     assert checks["build"].status == "warn"
     assert "no longer in the series: 0001-x.patch" in checks["build"].detail
     assert checks["turbo cache types"].detail == "llama-server does not accept turbo2, turbo4"
+
+
+def test_selftest_checks_and_json_schema() -> None:
+    from tests.unit.fakebuild import SQL, edit_sql, fake_build
+
+    paths = get_paths()
+    schema = json.loads(doctor.schema_path().read_text())
+    p = probe("Linux", "x86_64", dict(TOOLS_LINUX), tools=("ccache", "ninja"))
+
+    fake_build(paths.home)
+    checks = doctor.run_checks(p, paths)
+    st = by_name(checks)["self-test"]
+    assert st.status == "ok"
+    assert st.detail == "pass: 216/216 turbo cases passed on CPU (2026-11-29T18:16:51+00:00, 3.6 s)"
+    doc = doctor.report(checks)
+    jsonschema.validate(doc, schema)
+    assert doc["selftest"]["status"] == "pass" and doc["selftest"]["counts"]["total"] == 216
+    assert doc["selftest"]["stale"] is None
+
+    text = edit_sql(SQL.read_text(), "GET_ROWS", "type=turbo2", supported=1, passed=0, error="compare failed")
+    fake_build(paths.home, sql=text)
+    checks = doctor.run_checks(p, paths)
+    st = by_name(checks)["self-test"]
+    assert st.status == "warn" and not st.required  # non-turbo types still serve
+    assert st.detail.startswith("fail: 8 failed of 216 turbo cases (2026-11-29T18:16:51+00:00, 3.6 s); "
+                                "cases: GET_ROWS(type=turbo2,n=128,")
+    assert st.detail.endswith(" and 5 more; the turbo KV cache types are refused on this build (q8_0, q4_0 "
+                              "still work)")
+    assert st.fix is not None and st.fix.startswith("turboctl selftest")
+    doc = doctor.report(checks)
+    jsonschema.validate(doc, schema)
+    assert len(doc["selftest"]["failing"]) == 8 and doc["selftest"]["failing"][0].startswith("GET_ROWS(type=turbo2")
+
+    m = fake_build(paths.home)
+    (Path(m.cmake.build_dir) / "bin" / "libggml-cpu.so.0.1").write_bytes(b"rebuilt by hand")
+    st = by_name(doctor.run_checks(p, paths))["self-test"]
+    assert st.status == "warn" and "but it ran on other binaries" in st.detail
+    jsonschema.validate(doctor.report(doctor.run_checks(p, paths)), schema)
+
+    fake_build(paths.home, with_selftest=False)
+    checks = doctor.run_checks(p, paths)
+    st = by_name(checks)["self-test"]
+    assert (st.status, st.fix) == ("warn", "turboctl selftest")
+    assert st.detail == "never ran for this build: the turbo KV cache types are refused until it passes"
+    assert doctor.report(checks)["selftest"] is None
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**doctor.report(checks), "selftest": {"status": "maybe"}}, schema)

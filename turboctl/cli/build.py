@@ -6,8 +6,10 @@ from typing import Annotated
 import typer
 
 from .. import build as build_logic
+from .. import selftest as selftest_logic
+from ..errors import SelftestFailed
 from ..paths import get_paths
-from .common import JsonOpt, handle_errors, start
+from .common import JsonOpt, exit_with, handle_errors, start
 
 
 @handle_errors
@@ -38,8 +40,10 @@ def build(
     selftest: Annotated[
         bool,
         typer.Option("--selftest/--no-selftest",
-                     help="Also build test-backend-ops (needed by the backend self-test)."),
-    ] = False,
+                     help="Build test-backend-ops and run the backend self-test (the TurboQuant "
+                          "cases on this backend's device; recorded in the manifest). Without it "
+                          "the turbo KV cache types are refused until turboctl selftest runs."),
+    ] = True,
     curl: Annotated[
         bool,
         typer.Option("--curl/--no-curl",
@@ -67,3 +71,11 @@ def build(
     result = build_logic.run(plan, ui)
     if json_out:
         ui.emit_json(result.to_json_dict())
+    record = result.selftest
+    if record is not None and record.status != "pass":
+        if not json_out:
+            selftest_logic.report(record, ui)
+        try:
+            selftest_logic.raise_if_failed(record, context="the build finished and its manifest is written")
+        except SelftestFailed as exc:
+            exit_with(exc)

@@ -3,7 +3,7 @@
 import functools
 import os
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -27,6 +27,15 @@ def debug_enabled() -> bool:
 def start(json_mode: bool) -> UI:
     """Set up output for one command invocation."""
     return set_ui(UI(json_mode=json_mode))
+
+
+def exit_with(exc: TurboctlError) -> NoReturn:
+    """Print the error and exit with its code, without a JSON error document (for commands
+    that already emitted their one JSON document and still must fail)."""
+    if debug_enabled():
+        raise exc
+    get_ui().error(exc.message, hint=exc.hint, log_path=exc.log_path, details=exc.details)
+    raise typer.Exit(exc.exit_code)
 
 
 def handle_errors(fn: F) -> F:

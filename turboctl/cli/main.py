@@ -7,11 +7,13 @@ import typer
 from .. import __version__
 from . import build as build_cmd
 from . import doctor as doctor_cmd
+from . import selftest as selftest_cmd
 
 app = typer.Typer(
     name="turboctl",
-    help="Build the pinned llama.cpp with the TurboQuant KV-cache patch series, and check the "
-         "machine. Set TURBOCTL_HOME to move all data; TURBOCTL_DEBUG=1 shows tracebacks.",
+    help="Build the pinned llama.cpp with the TurboQuant KV-cache patch series, check the "
+         "machine and self-test the backend. Set TURBOCTL_HOME to move all data; TURBOCTL_DEBUG=1 "
+         "shows tracebacks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -37,6 +39,7 @@ def main(
 
 app.command("build")(build_cmd.build)
 app.command("doctor")(doctor_cmd.doctor)
+app.command("selftest")(selftest_cmd.selftest)
 
 
 def run() -> None:
