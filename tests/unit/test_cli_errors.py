@@ -24,16 +24,21 @@ def test_version_and_help() -> None:
     code, out, _ = invoke("--version")
     assert code == 0 and out.strip() == f"turboctl {__version__}"
     code, out, _ = invoke("--help")
-    assert code == 0 and "build" in out and "doctor" in out
+    assert code == 0
+    for command in ("build", "doctor", "selftest", "bench"):
+        assert f" {command} " in out
     # only commands that work are listed
-    for planned in ("serve", "bench", "profiles"):
+    for planned in ("serve", "profiles"):
         assert f" {planned} " not in out
+    code, out, _ = invoke("bench", "--help")
+    assert code == 0 and " kld " in out and " speed " in out
 
 
 def test_exit_codes_are_distinct() -> None:
     classes = [errors.UsageError, errors.ConfigError, errors.SourceError, errors.NetworkError,
                errors.VerificationError, errors.PatchError, errors.BuildError, errors.ToolMissing,
-               errors.DoctorFailed, errors.CommandFailed]
+               errors.DoctorFailed, errors.CommandFailed, errors.GateRefused, errors.KVConfigError,
+               errors.ModelError, errors.BenchError, errors.SelftestFailed]
     codes = [c.exit_code for c in classes]
     assert len(set(codes)) == len(codes) and errors.UsageError.exit_code == 2
     assert errors.TurboctlError.exit_code not in codes

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from . import bench as bench_cmd
 from . import build as build_cmd
 from . import doctor as doctor_cmd
 from . import selftest as selftest_cmd
@@ -12,8 +13,8 @@ from . import selftest as selftest_cmd
 app = typer.Typer(
     name="turboctl",
     help="Build the pinned llama.cpp with the TurboQuant KV-cache patch series, check the "
-         "machine and self-test the backend. Set TURBOCTL_HOME to move all data; TURBOCTL_DEBUG=1 "
-         "shows tracebacks.",
+         "machine, self-test the backend and benchmark KV cache configurations. Set TURBOCTL_HOME "
+         "to move all data; TURBOCTL_DEBUG=1 shows tracebacks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -40,6 +41,7 @@ def main(
 app.command("build")(build_cmd.build)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("selftest")(selftest_cmd.selftest)
+app.add_typer(bench_cmd.app, name="bench")
 
 
 def run() -> None:

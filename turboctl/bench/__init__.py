@@ -1,0 +1,1 @@
+"""Benchmarks of KV cache configurations: quality (``kld``) and speed (``speed``)."""

@@ -1,0 +1,350 @@
+"""``turboctl bench kld``: the quality table, KL divergence of every KV configuration against
+an f16-KV run of the same model on the same text (llama-perplexity).
+
+One base run writes the f16 logits (``--kl-divergence-base``); every configuration then
+runs ``--kl-divergence`` against them, f16 itself included: its KLD must come out ~0, which
+checks the pipeline (same model, text, context, chunks and threads in every run).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__, gitrepo, proc
+from ..errors import BenchError, UsageError
+from ..kvconfig import KVConfig, parse_kv_list
+from ..manifest import Manifest, now_iso
+from ..paths import Paths
+from ..ui import UI
+from . import common
+
+SCHEMA = "turboctl.bench.kld/1"
+DEFAULT_KV = ("f16", "q8_0", "q4_0", "iq4_nl", "turbo4", "turbo3", "turbo2", "q8_0/turbo3")
+TOOL = "llama-perplexity"
+# f16 against its own f16 base: the base stores log-probabilities as 16-bit values, so the
+# KLD of identical logits is not exactly 0, but far below any KV quantization effect.
+PIPELINE_KLD_MAX = 0.0005
+ROTATION_NOTE = (
+    "q8_0, q4_0, q4_1, iq4_nl, q5_0 and q5_1 K/V are rotated by upstream llama.cpp b11312 "
+    "(attn_rot: a Hadamard rotation, on by default for quantized cache types when the head dim is "
+    "a multiple of 64): these rows are 'rotated q4_0' etc. The turbo types use the patch series' "
+    "randomized Hadamard rotation instead.")
+
+_NUM = r"([-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf|-nan|-inf))"
+_PM = rf"{_NUM}\s*±\s*{_NUM}"
+_PATTERNS: dict[str, re.Pattern[str]] = {
+    "ppl": re.compile(rf"Mean PPL\(Q\)\s*:\s*{_PM}"),
+    "ppl_base": re.compile(rf"Mean PPL\(base\)\s*:\s*{_PM}"),
+    "mean_kld": re.compile(rf"Mean\s+KLD:\s*{_PM}"),
+    "kld_max": re.compile(rf"Maximum KLD:\s*{_NUM}"),
+    "kld_99": re.compile(rf"99\.0%\s+KLD:\s*{_NUM}"),
+    "kld_median": re.compile(rf"Median\s+KLD:\s*{_NUM}"),
+    "rms_dp": re.compile(rf"RMS Δp\s*:\s*{_PM}\s*%"),
+    "same_top_p": re.compile(rf"Same top p:\s*{_PM}\s*%"),
+}
+_REQUIRED = ("ppl", "mean_kld", "kld_99", "same_top_p")
+_CHUNKS = re.compile(r"(?:kl_divergence: computing over|calculating perplexity over) (\d+) chunks, n_ctx=(\d+)")
+_CHUNK_ROW = re.compile(r"^\s*(\d+)\s+[-+\d.]")
+_FINAL = re.compile(rf"Final estimate: PPL = {_NUM} \+/- {_NUM}")
+
+
+@dataclass(frozen=True)
+class KldFigures:
+    """The statistics llama-perplexity prints at the end of a --kl-divergence run."""
+
+    ppl: float
+    ppl_error: float
+    mean_kld: float
+    mean_kld_error: float
+    kld_99: float
+    same_top_p: float
+    same_top_p_error: float
+    ppl_base: float | None = None
+    ppl_base_error: float | None = None
+    kld_max: float | None = None
+    kld_median: float | None = None
+    rms_dp: float | None = None
+    rms_dp_error: float | None = None
+    chunks: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_kld_output(text: str) -> KldFigures | None:
+    """The figures of a --kl-divergence run, or None when it printed no statistics."""
+    found: dict[str, tuple[str, ...]] = {}
+    for key, pattern in _PATTERNS.items():
+        matches = pattern.findall(text)
+        if matches:
+            last = matches[-1]
+            found[key] = last if isinstance(last, tuple) else (last,)
+    if any(k not in found for k in _REQUIRED):
+        return None
+    chunks = _CHUNKS.findall(text)
+
+    def num(key: str, i: int = 0) -> float | None:
+        return float(found[key][i]) if key in found else None
+
+    return KldFigures(
+        ppl=float(found["ppl"][0]), ppl_error=float(found["ppl"][1]),
+        mean_kld=float(found["mean_kld"][0]), mean_kld_error=float(found["mean_kld"][1]),
+        kld_99=float(found["kld_99"][0]),
+        same_top_p=float(found["same_top_p"][0]), same_top_p_error=float(found["same_top_p"][1]),
+        ppl_base=num("ppl_base"), ppl_base_error=num("ppl_base", 1),
+        kld_max=num("kld_max"), kld_median=num("kld_median"),
+        rms_dp=num("rms_dp"), rms_dp_error=num("rms_dp", 1),
+        chunks=int(chunks[-1][0]) if chunks else None)
+
+
+def parse_base_output(text: str) -> tuple[float, float, int | None] | None:
+    """(PPL, ±, chunks) of the base run, or None when it printed no final estimate."""
+    finals = _FINAL.findall(text)
+    if not finals:
+        return None
+    chunks = _CHUNKS.findall(text)
+    ppl, err = finals[-1]
+    return float(ppl), float(err), int(chunks[-1][0]) if chunks else None
+
+
+# --------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class KldPlan:
+    perplexity: Path
+    model: Path
+    corpus: Path
+    corpus_sha256: str
+    ctx: int
+    chunks: int | None
+    threads: int
+    configs: tuple[KVConfig, ...]
+    base_file: Path
+    keep_base: bool
+    log: Path
+
+    def _common(self) -> list[str]:
+        args = [str(self.perplexity), "-m", str(self.model), "-f", str(self.corpus), "-c", str(self.ctx)]
+        if self.chunks is not None:
+            args += ["--chunks", str(self.chunks)]
+        return [*args, "-t", str(self.threads)]
+
+    def base_command(self) -> list[str]:
+        return [*self._common(), "-fa", "on", "-ctk", "f16", "-ctv", "f16",
+                "--kl-divergence-base", str(self.base_file)]
+
+    def candidate_command(self, cfg: KVConfig) -> list[str]:
+        return [*self._common(), "-fa", "on", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
+                "--kl-divergence-base", str(self.base_file), "--kl-divergence"]
+
+
+def make_plan(m: Manifest, paths: Paths, *, model: Path, corpus: Path, ctx: int, chunks: int | None,
+              threads: int | None, kv: Sequence[str], keep_base: bool) -> KldPlan:
+    if ctx < 16:
+        raise UsageError(f"--ctx {ctx}: must be at least 16")
+    if chunks is not None and chunks < 1:
+        raise UsageError(f"--chunks {chunks}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads}: must be at least 1")
+    if not corpus.is_file():
+        raise UsageError(f"--corpus {corpus}: file not found")
+    configs = parse_kv_list(kv, DEFAULT_KV)
+    binary = common.tool(m, TOOL)
+    common.preflight(m, model, configs)
+    log = common.log_path(paths, "bench-kld")
+    base_dir = paths.cache / "kld"
+    base_dir.mkdir(parents=True, exist_ok=True)
+    base_file = base_dir / f"{model.stem}.{corpus.stem}.c{ctx}.{log.stem.removeprefix('bench-kld-')}.kld"
+    return KldPlan(perplexity=binary, model=model.resolve(), corpus=corpus.resolve(),
+                   corpus_sha256=gitrepo.file_sha256(corpus), ctx=ctx, chunks=chunks,
+                   threads=threads or os.cpu_count() or 1, configs=tuple(configs), base_file=base_file,
+                   keep_base=keep_base, log=log)
+
+
+# --------------------------------------------------------------------------- run
+@dataclass
+class RunResult:
+    config: KVConfig
+    command: list[str]
+    duration_s: float
+    figures: KldFigures
+
+
+@dataclass
+class KldReport:
+    plan: KldPlan
+    base_command: list[str]
+    base_ppl: float
+    base_ppl_error: float
+    base_chunks: int | None
+    base_size: int
+    base_duration_s: float
+    results: list[RunResult] = field(default_factory=list)
+
+
+class _Chunks:
+    """Chunk progress from the per-chunk rows of a --kl-divergence run."""
+
+    def __init__(self, update: Any) -> None:
+        self.total: int | None = None
+        self.update = update
+
+    def feed(self, line: str) -> None:
+        if m := _CHUNKS.search(line):
+            self.total = int(m.group(1))
+            self.update(0, self.total)
+        elif self.total and (m := _CHUNK_ROW.match(line)):
+            self.update(int(m.group(1)), self.total)
+
+
+def _run(plan: KldPlan, args: list[str], label: str, ui: UI) -> proc.Result:
+    with common.progress(ui, f"{label}: chunks") as update:
+        chunks = _Chunks(update)
+        return proc.run(args, log=plan.log, on_line=chunks.feed, error=BenchError,
+                        what=f"{TOOL} ({label})",
+                        hint="the log has the full output; run the command above by hand to see it")
+
+
+def run(plan: KldPlan, ui: UI) -> KldReport:
+    """The base run, then every configuration; the base file is removed at the end unless
+    ``keep_base`` (also when a run fails)."""
+    ui.info(f"log: {plan.log}")
+    n = len(plan.configs)
+    try:
+        ui.step(f"[0/{n}] base: f16 K/V logits → {plan.base_file}")
+        base_args = plan.base_command()
+        res = _run(plan, base_args, "base f16", ui)
+        parsed = parse_base_output(res.output)
+        if parsed is None or not plan.base_file.is_file():
+            raise BenchError(f"{TOOL} (base f16) wrote no perplexity estimate or no base file "
+                             f"({plan.base_file})", log_path=plan.log,
+                             details=proc.relevant_lines(res.lines), hint="the corpus may be too short "
+                             f"for --ctx {plan.ctx}: it needs at least 2 x ctx tokens")
+        size = plan.base_file.stat().st_size
+        ui.ok(f"base PPL {parsed[0]:.4f} ± {parsed[1]:.4f}; base logits {size / 2**20:.1f} MiB "
+              f"({res.duration_s:.1f} s)")
+        report = KldReport(plan, base_args, parsed[0], parsed[1], parsed[2], size, round(res.duration_s, 3))
+        for i, cfg in enumerate(plan.configs, 1):
+            ui.step(f"[{i}/{n}] {cfg.label}: K={cfg.type_k} V={cfg.type_v} ({cfg.bits_per_value:g} bits/value)")
+            args = plan.candidate_command(cfg)
+            res = _run(plan, args, cfg.label, ui)
+            figures = parse_kld_output(res.output)
+            if figures is None:
+                raise BenchError(f"{TOOL} ({cfg.label}) printed no KL divergence statistics",
+                                 log_path=plan.log, details=proc.relevant_lines(res.lines),
+                                 hint="it prints them only over at least 100 tokens; use more --chunks "
+                                      "or a longer corpus")
+            ui.ok(f"{cfg.label}: mean KLD {figures.mean_kld:.6f}, same top {figures.same_top_p:.2f} %, "
+                  f"PPL {figures.ppl:.4f} ({res.duration_s:.1f} s)")
+            report.results.append(RunResult(cfg, args, round(res.duration_s, 3), figures))
+        return report
+    finally:
+        if not plan.keep_base and plan.base_file.exists():
+            plan.base_file.unlink()
+
+
+# --------------------------------------------------------------------------- output
+def pipeline_check(report: KldReport) -> dict[str, Any] | None:
+    for r in report.results:
+        if r.config.type_k == "f16" and r.config.type_v == "f16":
+            ok = abs(r.figures.mean_kld) <= PIPELINE_KLD_MAX
+            return {"ok": ok, "f16_mean_kld": r.figures.mean_kld, "limit": PIPELINE_KLD_MAX}
+    return None
+
+
+def notes(report: KldReport) -> list[str]:
+    out: list[str] = []
+    if any(r.config.upstream_rotated for r in report.results):
+        if os.environ.get("LLAMA_ATTN_ROT_DISABLE"):
+            out.append("LLAMA_ATTN_ROT_DISABLE is set: upstream's attn_rot was OFF in these runs "
+                       "(q8_0/q4_0/iq4_nl rows are unrotated)")
+        else:
+            out.append(ROTATION_NOTE)
+    check = pipeline_check(report)
+    if check is not None and not check["ok"]:
+        out.append(f"pipeline check FAILED: f16 against its own f16 base gave mean KLD "
+                   f"{check['f16_mean_kld']:.6f} (expected ~0, at most {PIPELINE_KLD_MAX}): the runs "
+                   "differ by more than the KV cache")
+    return out
+
+
+def to_json(report: KldReport, m: Manifest) -> dict[str, Any]:
+    plan = report.plan
+    chunks_run = report.base_chunks
+    return {
+        "schema": SCHEMA,
+        "turboctl_version": __version__,
+        "created": now_iso(),
+        "model": {"path": str(plan.model), "size_bytes": plan.model.stat().st_size},
+        "corpus": {"path": str(plan.corpus), "name": plan.corpus.name, "sha256": plan.corpus_sha256,
+                   "size_bytes": plan.corpus.stat().st_size},
+        "ctx": plan.ctx,
+        "chunks": plan.chunks,
+        "chunks_run": chunks_run,
+        "threads": plan.threads,
+        "llama_cpp": common.llama_info(m, plan.perplexity),
+        "attn_rot_disabled": bool(os.environ.get("LLAMA_ATTN_ROT_DISABLE")),
+        "base": {
+            "command": report.base_command,
+            "command_line": common.shell(report.base_command),
+            "ppl": report.base_ppl,
+            "ppl_error": report.base_ppl_error,
+            "logits_file": str(plan.base_file),
+            "size_bytes": report.base_size,
+            "kept": plan.keep_base,
+            "duration_s": report.base_duration_s,
+        },
+        "results": [
+            {
+                "label": r.config.label,
+                "type_k": r.config.type_k,
+                "type_v": r.config.type_v,
+                "bits_per_value": r.config.bits_per_value,
+                "upstream_rotated": r.config.upstream_rotated,
+                "command": r.command,
+                "command_line": common.shell(r.command),
+                "duration_s": r.duration_s,
+                **r.figures.to_dict(),
+            }
+            for r in report.results
+        ],
+        "pipeline_check": pipeline_check(report),
+        "notes": notes(report),
+        "log": str(plan.log),
+    }
+
+
+def render(report: KldReport, m: Manifest, ui: UI) -> None:
+    plan = report.plan
+    chunks = f"{report.base_chunks}" if report.base_chunks is not None else "?"
+    if plan.chunks is None:
+        chunks += " (all)"
+    ui.kv("bench kld", [
+        ("model", str(plan.model)),
+        ("corpus", f"{plan.corpus.name} sha256:{plan.corpus_sha256}"),
+        ("ctx / chunks / threads", f"{plan.ctx} / {chunks} / {plan.threads}"),
+        ("llama.cpp", "; ".join(m.version) or m.pin.tag),
+        ("base", f"f16 K/V, PPL {report.base_ppl:.4f} ± {report.base_ppl_error:.4f}; logits "
+                 f"{report.base_size / 2**20:.1f} MiB" + (f" kept at {plan.base_file}" if plan.keep_base
+                                                          else " (deleted)")),
+    ])
+    rows = []
+    for r in report.results:
+        f = r.figures
+        rows.append([
+            r.config.label + (" *" if r.config.upstream_rotated else ""),
+            f"{r.config.bits_per_value:g}",
+            f"{f.mean_kld:.6f} ± {f.mean_kld_error:.6f}",
+            f"{f.kld_99:.6f}",
+            f"{f.same_top_p:.3f} ± {f.same_top_p_error:.3f}",
+            f"{f.ppl:.4f} ± {f.ppl_error:.4f}",
+        ])
+    ui.table("KL divergence against f16 K/V", ["K/V", "bits/value", "mean KLD", "99.0% KLD",
+                                                "same top p %", "PPL"], rows)
+    for note in notes(report):
+        ui.info(("* " if note == ROTATION_NOTE else "note: ") + note)
+

@@ -1,0 +1,247 @@
+"""``turboctl bench speed``: prompt processing and generation speed per KV configuration
+(llama-bench), with ratios against f16/f16 and q4_0/q4_0.
+
+llama-bench runs the cross product of its ``-ctk`` and ``-ctv`` lists, so turboctl runs it
+once per K/V pair. Its JSON document (``-o json``, stdout) is kept apart from its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__, proc
+from ..errors import BenchError, UsageError
+from ..kvconfig import KVConfig, parse_kv_list
+from ..manifest import Manifest, now_iso
+from ..paths import Paths
+from ..ui import UI
+from . import common
+
+SCHEMA = "turboctl.bench.speed/1"
+DEFAULT_KV = ("f16", "q8_0", "q4_0", "turbo4", "turbo3", "turbo2")
+TOOL = "llama-bench"
+REFERENCES = ("f16/f16", "q4_0/q4_0")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One llama-bench test: pp<n_prompt> or tg<n_gen> at a depth."""
+
+    type_k: str
+    type_v: str
+    n_prompt: int
+    n_gen: int
+    n_depth: int
+    avg_ts: float
+    stddev_ts: float
+    samples_ts: tuple[float, ...] = ()
+
+    @property
+    def test(self) -> str:
+        if self.n_gen == 0:
+            return f"pp{self.n_prompt}"
+        if self.n_prompt == 0:
+            return f"tg{self.n_gen}"
+        return f"pp{self.n_prompt}+tg{self.n_gen}"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.test, self.n_depth
+
+
+def parse_bench_json(text: str) -> list[Measurement]:
+    """The tests of a ``llama-bench -o json`` document (ValueError when it is not one)."""
+    doc = json.loads(text)
+    if not isinstance(doc, list):
+        raise ValueError("expected a JSON array of tests")
+    out = []
+    for item in doc:
+        if not isinstance(item, dict):
+            raise ValueError("expected JSON objects in the array")
+        try:
+            out.append(Measurement(
+                type_k=str(item["type_k"]), type_v=str(item["type_v"]), n_prompt=int(item["n_prompt"]),
+                n_gen=int(item["n_gen"]), n_depth=int(item.get("n_depth", 0)),
+                avg_ts=float(item["avg_ts"]), stddev_ts=float(item["stddev_ts"]),
+                samples_ts=tuple(float(x) for x in item.get("samples_ts", []))))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"a test lacks {exc}") from exc
+    return out
+
+
+def parse_depths(text: str) -> list[int]:
+    try:
+        depths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--depth {text!r}: expected comma-separated token counts, e.g. 0,4096") from None
+    if not depths or any(d < 0 for d in depths):
+        raise UsageError(f"--depth {text!r}: expected comma-separated token counts >= 0, e.g. 0,4096")
+    return list(dict.fromkeys(depths))
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    bench: Path
+    model: Path
+    configs: tuple[KVConfig, ...]
+    n_prompt: int
+    n_gen: int
+    depths: tuple[int, ...]
+    threads: int
+    reps: int
+    log: Path
+
+    def command(self, cfg: KVConfig) -> list[str]:
+        return [str(self.bench), "-m", str(self.model), "-fa", "1", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
+                "-p", str(self.n_prompt), "-n", str(self.n_gen), "-d", ",".join(map(str, self.depths)),
+                "-t", str(self.threads), "-r", str(self.reps), "-o", "json", "--progress"]
+
+
+def make_plan(m: Manifest, paths: Paths, *, model: Path, kv: Sequence[str], n_prompt: int, n_gen: int,
+              depth: str, threads: int | None, reps: int) -> SpeedPlan:
+    if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
+        raise UsageError(f"-p {n_prompt} -n {n_gen}: need a prompt or a generation length > 0 (and none < 0)")
+    if reps < 1:
+        raise UsageError(f"--reps {reps}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads}: must be at least 1")
+    depths = parse_depths(depth)
+    configs = parse_kv_list(kv, DEFAULT_KV)
+    binary = common.tool(m, TOOL)
+    common.preflight(m, model, configs)
+    return SpeedPlan(bench=binary, model=model.resolve(), configs=tuple(configs), n_prompt=n_prompt,
+                     n_gen=n_gen, depths=tuple(depths), threads=threads or os.cpu_count() or 1, reps=reps,
+                     log=common.log_path(paths, "bench-speed"))
+
+
+@dataclass
+class ConfigRun:
+    config: KVConfig
+    command: list[str]
+    duration_s: float
+    output: Path
+    measurements: list[Measurement]
+
+
+@dataclass
+class SpeedReport:
+    plan: SpeedPlan
+    runs: list[ConfigRun] = field(default_factory=list)
+
+    def lookup(self, pair: str, key: tuple[str, int]) -> Measurement | None:
+        for run_ in self.runs:
+            if run_.config.pair == pair:
+                for ms in run_.measurements:
+                    if ms.key == key:
+                        return ms
+        return None
+
+
+def run(plan: SpeedPlan, ui: UI) -> SpeedReport:
+    ui.info(f"log: {plan.log}")
+    ui.info("the llama-bench commands, to run by hand (e.g. on another Mac with the same build):")
+    for cfg in plan.configs:
+        ui.info("  " + common.shell(plan.command(cfg)))
+    report = SpeedReport(plan)
+    n = len(plan.configs)
+    for i, cfg in enumerate(plan.configs, 1):
+        ui.step(f"[{i}/{n}] {cfg.label}: K={cfg.type_k} V={cfg.type_v}")
+        args = plan.command(cfg)
+        out = plan.log.with_name(f"{plan.log.stem}-{i}-{cfg.label.replace('/', '-')}.json")
+        with common.progress(ui, f"{cfg.label}: tests") as update:
+            def feed(line: str) -> None:
+                if line.startswith("llama-bench: benchmark ") and line.endswith(": starting"):
+                    done, _, total = line.split()[2].rstrip(":").partition("/")
+                    if done.isdigit() and total.isdigit():
+                        update(int(done) - 1, int(total))
+
+            res = proc.run(args, log=plan.log, on_line=feed, stdout_path=out,
+                           error=BenchError, what=f"{TOOL} ({cfg.label})",
+                           hint="the log has the full output; run the command above by hand to see it")
+        try:
+            measurements = parse_bench_json(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"{TOOL} ({cfg.label}) printed no usable JSON ({exc}): {out}",
+                             log_path=plan.log, details=proc.relevant_lines(res.lines)) from exc
+        wrong = [ms for ms in measurements if (ms.type_k, ms.type_v) != (cfg.type_k, cfg.type_v)]
+        if not measurements or wrong:
+            raise BenchError(f"{TOOL} ({cfg.label}) reported {len(measurements)} tests"
+                             + (f", {len(wrong)} of them for other cache types" if wrong else ""),
+                             log_path=plan.log)
+        cells = ", ".join(f"{ms.test}@{ms.n_depth} {ms.avg_ts:.2f} t/s" for ms in measurements)
+        ui.ok(f"{cfg.label}: {cells} ({res.duration_s:.1f} s)")
+        report.runs.append(ConfigRun(cfg, args, round(res.duration_s, 3), out, measurements))
+    return report
+
+
+def ratio(report: SpeedReport, ms: Measurement, reference: str) -> float | None:
+    ref = report.lookup(reference, ms.key)
+    if ref is None or ref.avg_ts <= 0:
+        return None
+    return ms.avg_ts / ref.avg_ts
+
+
+def to_json(report: SpeedReport, m: Manifest) -> dict[str, Any]:
+    plan = report.plan
+    refs = [r for r in REFERENCES if any(run_.config.pair == r for run_ in report.runs)]
+    return {
+        "schema": SCHEMA,
+        "turboctl_version": __version__,
+        "created": now_iso(),
+        "model": {"path": str(plan.model), "size_bytes": plan.model.stat().st_size},
+        "n_prompt": plan.n_prompt,
+        "n_gen": plan.n_gen,
+        "depths": list(plan.depths),
+        "threads": plan.threads,
+        "reps": plan.reps,
+        "llama_cpp": common.llama_info(m, plan.bench),
+        "results": [
+            {
+                "label": run_.config.label,
+                "type_k": run_.config.type_k,
+                "type_v": run_.config.type_v,
+                "bits_per_value": run_.config.bits_per_value,
+                "command": run_.command,
+                "command_line": common.shell(run_.command),
+                "duration_s": run_.duration_s,
+                "raw_output": str(run_.output),
+                "tests": [
+                    {
+                        "test": ms.test, "n_prompt": ms.n_prompt, "n_gen": ms.n_gen, "depth": ms.n_depth,
+                        "avg_ts": ms.avg_ts, "stddev_ts": ms.stddev_ts, "samples_ts": list(ms.samples_ts),
+                        **{f"ratio_vs_{r.split('/')[0]}": ratio(report, ms, r) for r in refs},
+                    }
+                    for ms in run_.measurements
+                ],
+            }
+            for run_ in report.runs
+        ],
+        "log": str(plan.log),
+    }
+
+
+def render(report: SpeedReport, m: Manifest, ui: UI) -> None:
+    plan = report.plan
+    ui.kv("bench speed", [
+        ("model", str(plan.model)),
+        ("tests", f"pp{plan.n_prompt} and tg{plan.n_gen} at depth {', '.join(map(str, plan.depths))}; "
+                  f"repetitions {plan.reps}; threads {plan.threads}; flash attention on"),
+        ("llama.cpp", "; ".join(m.version) or m.pin.tag),
+    ])
+    refs = [r for r in REFERENCES if any(run_.config.pair == r for run_ in report.runs)]
+    columns = ["K/V", "bits/value", "test", "depth", "t/s", *[f"vs {r.split('/')[0]}" for r in refs]]
+    rows = []
+    for run_ in report.runs:
+        for ms in sorted(run_.measurements, key=lambda x: (x.n_depth, x.n_gen > 0)):
+            cells = [run_.config.label, f"{run_.config.bits_per_value:g}", ms.test, str(ms.n_depth),
+                     f"{ms.avg_ts:.2f} ± {ms.stddev_ts:.2f}"]
+            for r in refs:
+                value = ratio(report, ms, r)
+                cells.append(f"{value:.3f}" if value is not None else "")
+            rows.append(cells)
+    ui.table("llama-bench tokens per second", columns, rows)
