@@ -224,7 +224,7 @@ def render() -> str:
     w("")
     for bits, rel in stats:
         print(f"turbo{bits}: relative MSE on Gaussian training sub-blocks {rel:.5f}", file=sys.stderr)
-    return "\n".join(out) + "\n"
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def main() -> int:

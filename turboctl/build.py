@@ -109,10 +109,16 @@ def parse_cache_types(help_text: str) -> list[str]:
     for i, line in enumerate(lines):
         if "--cache-type-k" not in line:
             continue
-        for follow in lines[i:i + 6]:
-            m = _ALLOWED.search(follow)
+        for j in range(i, min(i + 6, len(lines))):
+            m = _ALLOWED.search(lines[j])
             if m:
-                return [t.strip() for t in m.group(1).split(",") if t.strip()]
+                # the list wraps: a line ending in "," continues on the next one
+                text = m.group(1).strip()
+                for cont in lines[j + 1:j + 8]:
+                    if not text.endswith(","):
+                        break
+                    text += " " + cont.strip()
+                return [t.strip() for t in text.split(",") if t.strip()]
     return []
 
 

@@ -267,3 +267,28 @@ def test_neon_kernels_under_qemu(kernel_build_dir) -> None:  # type: ignore[no-u
     run = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "impl=neon" in run.stdout and "failures=0" in run.stdout
+
+
+def test_metal_helpers_match_the_reference_on_the_host(kernel_build_dir) -> None:  # type: ignore[no-untyped-def]
+    """kernels/turbo-metal.h (the Metal quantize/dequantize helpers) compiled by the host C++
+    compiler through a small Metal compatibility header: bit for bit the CPU reference."""
+    import shutil
+    import subprocess
+
+    from tests.kernels.conftest import KERNELS, cc
+
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if not cxx:
+        pytest.skip("no C++ compiler")
+    tests_dir = KERNELS.parent / "tests" / "kernels"
+    obj = kernel_build_dir / "turbo-ref-for-metal-check.o"
+    exe = kernel_build_dir / "metal-host-check"
+    res = subprocess.run([cc(), "-std=c11", "-O2", "-ffp-contract=off", "-c", "-I", str(KERNELS),
+                          str(KERNELS / "turbo-ref.c"), "-o", str(obj)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
+                          "-I", str(KERNELS), "-I", str(tests_dir), str(tests_dir / "metal_host_check.cpp"), str(obj),
+                          "-o", str(exe)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "failures=0" in run.stdout, run.stdout + run.stderr

@@ -29,3 +29,9 @@ def test_codebooks_header_is_reproducible() -> None:
     res = subprocess.run([sys.executable, str(ROOT / "kernels" / "gen_codebooks.py"), "--check"],
                          capture_output=True, text=True, check=False, timeout=1800)
     assert res.returncode == 0, res.stderr
+
+
+def test_metal_instances_are_generated_from_the_pair_table() -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "kernels" / "gen_metal.py"), "--check"],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr

@@ -68,6 +68,13 @@ def test_help_parsing_on_recorded_real_output() -> None:
     assert build.parse_cache_types(patched)[-3:] == ["turbo2", "turbo3", "turbo4"]
 
 
+def test_help_parsing_of_the_patched_build_wrapped_list() -> None:
+    """The patched llama-server wraps the list of cache types over two lines."""
+    text = (DATA / "llama-server-help-turbo.txt").read_text()
+    assert build.parse_cache_types(text) == ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl",
+                                             "q5_0", "q5_1", "turbo2", "turbo3", "turbo4"]
+
+
 def test_version_parsing() -> None:
     out = ("load_backend: loaded CPU backend from libggml-cpu.so\n"
            "version: 1 (d88af75)\nbuilt with GNU 12.2.0 for Linux x86_64\n")
