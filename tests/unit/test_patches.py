@@ -39,10 +39,14 @@ def test_series_parsing_and_upstream_files() -> None:
     assert series.upstream_files() == ["include/llama.h", "src/llama-kv-cache.cpp"]
 
 
-def test_shipped_series_is_empty_but_valid() -> None:
+def test_shipped_series_is_valid_and_pinned() -> None:
+    from turboctl.pins import load_pin
+
     series = patches.load_series()
-    assert series.patches == ()
-    assert (series.directory / "series").read_text().startswith("#")
+    assert series.patches, "the shipped series lists the TurboQuant patches"
+    assert all(p.path.is_file() and len(p.sha256) == 64 for p in series.patches)
+    assert [p.name for p in series.patches] == sorted(p.name for p in series.patches)  # NNNN- order
+    assert set(series.upstream_files()) <= set(load_pin().files)  # every touched upstream file is pinned
 
 
 def test_apply_then_idempotent(repo: tuple[Path, str]) -> None:
