@@ -288,51 +288,7 @@ static uint8_t turbo_quantize_sub_avx2(const float * xin, const signed char * cb
     return (uint8_t) best_b;
 }
 
-void turbo4_quantize_row(const float * x, void * vy, int64_t k) {
-    block_turbo4 * y = (block_turbo4 *) vy;
-    for (int64_t ib = 0; ib < k / QK_TURBO; ++ib) {
-        int32_t idx[QK_TURBO];
-        for (int s = 0; s < 2; ++s) {
-            y[ib].e[s] = turbo_quantize_sub_avx2(x + ib * QK_TURBO + 32 * s, turbo_cb4, turbo_bnd4, 15,
-                                                 TURBO_SCAN_LO4, TURBO_SCAN_HI4, idx + 32 * s);
-        }
-        for (int j = 0; j < 32; ++j) {
-            y[ib].qs[j] = (uint8_t) (idx[j] | (idx[j + 32] << 4));
-        }
-    }
-}
-
-void turbo3_quantize_row(const float * x, void * vy, int64_t k) {
-    block_turbo3 * y = (block_turbo3 *) vy;
-    for (int64_t ib = 0; ib < k / QK_TURBO; ++ib) {
-        int32_t idx[QK_TURBO];
-        for (int s = 0; s < 2; ++s) {
-            y[ib].e[s] = turbo_quantize_sub_avx2(x + ib * QK_TURBO + 32 * s, turbo_cb3, turbo_bnd3, 7,
-                                                 TURBO_SCAN_LO3, TURBO_SCAN_HI3, idx + 32 * s);
-        }
-        memset(y[ib].qs, 0, sizeof(y[ib].qs));
-        memset(y[ib].qh, 0, sizeof(y[ib].qh));
-        for (int i = 0; i < QK_TURBO; ++i) {
-            y[ib].qs[i % 16] |= (uint8_t) ((idx[i] & 3) << (2 * (i / 16)));
-            y[ib].qh[i / 8]  |= (uint8_t) (((idx[i] >> 2) & 1) << (i % 8));
-        }
-    }
-}
-
-void turbo2_quantize_row(const float * x, void * vy, int64_t k) {
-    block_turbo2 * y = (block_turbo2 *) vy;
-    for (int64_t ib = 0; ib < k / QK_TURBO; ++ib) {
-        int32_t idx[QK_TURBO];
-        for (int s = 0; s < 2; ++s) {
-            y[ib].e[s] = turbo_quantize_sub_avx2(x + ib * QK_TURBO + 32 * s, turbo_cb2, turbo_bnd2, 3,
-                                                 TURBO_SCAN_LO2, TURBO_SCAN_HI2, idx + 32 * s);
-        }
-        memset(y[ib].qs, 0, sizeof(y[ib].qs));
-        for (int i = 0; i < QK_TURBO; ++i) {
-            y[ib].qs[i % 16] |= (uint8_t) ((idx[i] & 3) << (2 * (i / 16)));
-        }
-    }
-}
+#define TURBO_SIMD_QUANTIZE_SUB turbo_quantize_sub_avx2
 
 #elif defined(TURBO_NEON)
 
@@ -440,9 +396,147 @@ TURBO_DEF_NEON(4, 16)
 TURBO_DEF_NEON(3, 8)
 TURBO_DEF_NEON(2, 4)
 
-void turbo4_quantize_row(const float * x, void * y, int64_t k) { turbo4_quantize_row_ref(x, (block_turbo4 *) y, k); }
-void turbo3_quantize_row(const float * x, void * y, int64_t k) { turbo3_quantize_row_ref(x, (block_turbo3 *) y, k); }
-void turbo2_quantize_row(const float * x, void * y, int64_t k) { turbo2_quantize_row_ref(x, (block_turbo2 *) y, k); }
+// Quantize one sub-block of 32 values with NEON, reproducing turbo_quantize_sub_impl()
+// exactly. The reference's 8 interleaved partial sums are two 4-lane accumulators: lanes
+// 0-3 take the even 4-value groups, lanes 4-7 the odd ones, in the same order.
+static uint8_t turbo_quantize_sub_neon(const float * xin, const signed char * cb, const float * bnd, int nbnd,
+                                       int lo, int hi, int32_t * idx_out) {
+    float32x4_t x[8];
+    float32x4_t amaxv = vdupq_n_f32(0.0f);
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    for (int v = 0; v < 8; ++v) {
+        const float32x4_t xv = vld1q_f32(xin + 4 * v);
+        // NaN and +-Inf become 0 (x - x is 0 only for finite x)
+        const uint32x4_t fin = vceqq_f32(vsubq_f32(xv, xv), zero);
+        x[v] = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(xv), fin));
+        amaxv = vmaxq_f32(amaxv, vabsq_f32(x[v]));
+    }
+    const float amax = vmaxvq_f32(amaxv);
+    const int k = nbnd + 1;
+    if (amax == 0.0f) {
+        for (int i = 0; i < 32; ++i) {
+            idx_out[i] = k / 2;
+        }
+        return 0;
+    }
+    const int e0 = turbo_first_scale(amax);
+
+    // codeword of index j = cb[0] + the steps up to j (integers: exact in float)
+    float32x4_t bv[15];
+    float32x4_t step[15];
+    for (int t = 0; t < nbnd; ++t) {
+        bv[t]   = vdupq_n_f32(bnd[t]);
+        step[t] = vdupq_n_f32((float) (cb[t + 1] - cb[t]));
+    }
+    const float32x4_t c0 = vdupq_n_f32((float) cb[0]);
+
+    float best_err = INFINITY;
+    int best_b = -1;
+    int32x4_t best_idx[8];
+    int prev_b = -1;
+    for (int off = hi; off >= lo; --off) {
+        int b = e0 + off;
+        b = b < 1 ? 1 : (b > 255 ? 255 : b);
+        if (b == prev_b) {
+            continue;
+        }
+        prev_b = b;
+        const float32x4_t inv = vdupq_n_f32(turbo_inv_scale[b]);
+        const float32x4_t d   = vdupq_n_f32(turbo_scale[b]);
+        float32x4_t lane_lo = vdupq_n_f32(0.0f);
+        float32x4_t lane_hi = vdupq_n_f32(0.0f);
+        int32x4_t cidx[8];
+        for (int v = 0; v < 8; ++v) {
+            const float32x4_t u = vmulq_f32(x[v], inv);
+            int32x4_t j = vdupq_n_s32(0);
+            float32x4_t c = c0;
+            for (int t = 0; t < nbnd; ++t) {
+                const uint32x4_t gt = vcgtq_f32(u, bv[t]);
+                j = vsubq_s32(j, vreinterpretq_s32_u32(gt));
+                c = vaddq_f32(c, vreinterpretq_f32_u32(vandq_u32(gt, vreinterpretq_u32_f32(step[t]))));
+            }
+            cidx[v] = j;
+            const float32x4_t r  = vmulq_f32(d, c);
+            const float32x4_t e  = vsubq_f32(x[v], r);
+            const float32x4_t e2 = vmulq_f32(e, e);
+            if (v % 2 == 0) {
+                lane_lo = vaddq_f32(lane_lo, e2);
+            } else {
+                lane_hi = vaddq_f32(lane_hi, e2);
+            }
+        }
+        // ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))
+        const float32x4_t s4 = vaddq_f32(lane_lo, lane_hi);
+        const float t0 = vgetq_lane_f32(s4, 0) + vgetq_lane_f32(s4, 2);
+        const float t1 = vgetq_lane_f32(s4, 1) + vgetq_lane_f32(s4, 3);
+        const float err = t0 + t1;
+        if (best_b < 0 || err < best_err) {
+            best_err = err;
+            best_b = b;
+            for (int v = 0; v < 8; ++v) {
+                best_idx[v] = cidx[v];
+            }
+        }
+    }
+    for (int v = 0; v < 8; ++v) {
+        vst1q_s32(idx_out + 4 * v, best_idx[v]);
+    }
+    return (uint8_t) best_b;
+}
+
+#define TURBO_SIMD_QUANTIZE_SUB turbo_quantize_sub_neon
+
+#endif
+
+#if defined(TURBO_AVX2) || defined(TURBO_NEON)
+
+// rows of blocks, packed exactly like the reference (turbo-impl.h)
+
+void turbo4_quantize_row(const float * x, void * vy, int64_t k) {
+    block_turbo4 * y = (block_turbo4 *) vy;
+    for (int64_t ib = 0; ib < k / QK_TURBO; ++ib) {
+        int32_t idx[QK_TURBO];
+        for (int s = 0; s < 2; ++s) {
+            y[ib].e[s] = TURBO_SIMD_QUANTIZE_SUB(x + ib * QK_TURBO + 32 * s, turbo_cb4, turbo_bnd4, 15,
+                                                 TURBO_SCAN_LO4, TURBO_SCAN_HI4, idx + 32 * s);
+        }
+        for (int j = 0; j < 32; ++j) {
+            y[ib].qs[j] = (uint8_t) (idx[j] | (idx[j + 32] << 4));
+        }
+    }
+}
+
+void turbo3_quantize_row(const float * x, void * vy, int64_t k) {
+    block_turbo3 * y = (block_turbo3 *) vy;
+    for (int64_t ib = 0; ib < k / QK_TURBO; ++ib) {
+        int32_t idx[QK_TURBO];
+        for (int s = 0; s < 2; ++s) {
+            y[ib].e[s] = TURBO_SIMD_QUANTIZE_SUB(x + ib * QK_TURBO + 32 * s, turbo_cb3, turbo_bnd3, 7,
+                                                 TURBO_SCAN_LO3, TURBO_SCAN_HI3, idx + 32 * s);
+        }
+        memset(y[ib].qs, 0, sizeof(y[ib].qs));
+        memset(y[ib].qh, 0, sizeof(y[ib].qh));
+        for (int i = 0; i < QK_TURBO; ++i) {
+            y[ib].qs[i % 16] |= (uint8_t) ((idx[i] & 3) << (2 * (i / 16)));
+            y[ib].qh[i / 8]  |= (uint8_t) (((idx[i] >> 2) & 1) << (i % 8));
+        }
+    }
+}
+
+void turbo2_quantize_row(const float * x, void * vy, int64_t k) {
+    block_turbo2 * y = (block_turbo2 *) vy;
+    for (int64_t ib = 0; ib < k / QK_TURBO; ++ib) {
+        int32_t idx[QK_TURBO];
+        for (int s = 0; s < 2; ++s) {
+            y[ib].e[s] = TURBO_SIMD_QUANTIZE_SUB(x + ib * QK_TURBO + 32 * s, turbo_cb2, turbo_bnd2, 3,
+                                                 TURBO_SCAN_LO2, TURBO_SCAN_HI2, idx + 32 * s);
+        }
+        memset(y[ib].qs, 0, sizeof(y[ib].qs));
+        for (int i = 0; i < QK_TURBO; ++i) {
+            y[ib].qs[i % 16] |= (uint8_t) ((idx[i] & 3) << (2 * (i / 16)));
+        }
+    }
+}
 
 #else
 
