@@ -149,3 +149,22 @@ def test_unsupported_head_dim_is_refused(llama_build: manifest.Manifest, tmp_pat
     with srv:
         assert srv.completion({"prompt": "a", "n_predict": 2, "ignore_eos": True})["tokens_predicted"] == 2
     srv.assert_clean_exit()
+
+
+def test_ggml_quantize_fns_accepts_the_turbo_types(llama_build: manifest.Manifest) -> None:
+    """llama.cpp's own test-quantize-fns (the series sets bounds for turbo3/turbo2): every
+    type passes, the turbo types included. Built in the build's tree (tests are enabled
+    there for the self-test)."""
+    build_dir = Path(llama_build.cmake.build_dir)
+    cmake = shutil.which("cmake") or "cmake"
+    res = subprocess.run([cmake, "--build", str(build_dir), "--target", "test-quantize-fns", "-j", "2"],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    exe = next(p for p in (build_dir / "bin" / "test-quantize-fns", build_dir / "bin" / "test-quantize-fns.exe")
+               if p.exists())
+    rc, out = run_to_exit(str(exe), ["-v"], timeout=300)
+    assert rc == 0, out[-3000:]
+    for t in ("turbo2", "turbo3", "turbo4"):
+        assert f"Testing {t}" in out
+        assert re.search(rf"{t} absolute quantization error:\s+ok", out), out[-3000:]
+        assert re.search(rf"{t} dot product error:\s+ok", out), out[-3000:]
