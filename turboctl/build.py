@@ -146,6 +146,14 @@ def verify(plan: BuildPlan, log: Path) -> tuple[dict[str, manifest.BinaryInfo], 
             f"{server} --help does not list the expected KV cache types "
             f"(found: {', '.join(types) or 'none'}; missing: {', '.join(missing)})",
             hint="the binary is not from the pinned tree; run turboctl build --force", log_path=log)
+    # the types the patch series adds: the classic failure is a binary from an unpatched tree
+    # ("Unsupported cache type: turbo4")
+    unpatched = [t for t in plan.series.cache_types if t not in types]
+    if unpatched:
+        raise VerificationError(
+            f"{server} does not accept the KV cache types {', '.join(unpatched)} that the patch series "
+            f"{plan.series.directory / 'series'} adds: it was not built from the patched tree",
+            hint="run turboctl build --force (resets and re-patches the tree)", log_path=log)
     ver = proc.run([str(server), "--version"], log=log, timeout=120, error=VerificationError,
                    what="llama-server --version", echo=False)
     return binaries, types, parse_version(ver.output)

@@ -33,7 +33,9 @@ SERIES_HEADER = """\
 # The TurboQuant patch series, applied in this order with `git am --3way` on the pinned
 # llama.cpp commit (see turboctl/pins.toml).
 # Format: one patch file name per line (files made by `git format-patch`, in this
-# directory); lines starting with '#' and blank lines are ignored.
+# directory); lines starting with '#' and blank lines are ignored, except the
+# "#! cache-types:" line: the KV cache types the patched llama-server must accept
+# (turboctl build verifies them).
 """
 
 _DIFF_RE = re.compile(r'^diff --git (?:"a/(.+)"|a/(\S+)) (?:"b/(.+)"|b/(\S+))$')
@@ -63,6 +65,9 @@ class PatchFile:
 class Series:
     directory: Path
     patches: tuple[PatchFile, ...]
+    # KV cache types the patched llama-server must accept (the series file's
+    # "#! cache-types:" line); the build verifies them
+    cache_types: tuple[str, ...] = ()
 
     def to_list(self) -> list[dict[str, str]]:
         return [p.to_dict() for p in self.patches]
@@ -126,11 +131,15 @@ def load_series(directory: Path | None = None) -> Series:
                                "(one patch file name per line)") from exc
     patches: list[PatchFile] = []
     seen: set[str] = set()
+    cache_types: list[str] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         name = raw.strip()
+        where = f"{series_file}:{lineno}"
+        if name.startswith(CACHE_TYPES_DIRECTIVE):
+            cache_types += _parse_cache_types(name[len(CACHE_TYPES_DIRECTIVE):], where)
+            continue
         if not name or name.startswith("#"):
             continue
-        where = f"{series_file}:{lineno}"
         pure = PurePosixPath(name)
         if pure.is_absolute() or ".." in pure.parts or len(pure.parts) != 1:
             raise ConfigError(f"{where}: {name!r} must be a plain file name in {directory}")
@@ -148,7 +157,21 @@ def load_series(directory: Path | None = None) -> Series:
             raise ConfigError(f"{where}: {name!r} contains no 'diff --git' section",
                               hint="patches must be made with git format-patch")
         patches.append(PatchFile(name, path, hashlib.sha256(data).hexdigest(), changes))
-    return Series(directory, tuple(patches))
+    return Series(directory, tuple(patches), tuple(cache_types))
+
+
+CACHE_TYPES_DIRECTIVE = "#! cache-types:"
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _parse_cache_types(text: str, where: str) -> list[str]:
+    names = text.split()
+    bad = [n for n in names if not _TYPE_NAME.fullmatch(n)]
+    if not names or bad:
+        raise ConfigError(f"{where}: {CACHE_TYPES_DIRECTIVE!r} needs KV cache type names "
+                          f"(e.g. 'turbo4'){', not ' + ', '.join(map(repr, bad)) if bad else ''}",
+                          hint="write the line as: #! cache-types: turbo2 turbo3 turbo4")
+    return names
 
 
 # --------------------------------------------------------------------------- state
@@ -319,6 +342,10 @@ def export_series(repo: Path, base: str, out_dir: Path, log: Path) -> list[str]:
         ["format-patch", "--zero-commit", "--no-signature", "--no-numbered", "-o", str(out_dir),
          f"{base}..HEAD"], repo, log=log, error=PatchError)
     names = [Path(line.strip()).name for line in res.lines if line.strip().endswith(".patch")]
-    body = SERIES_HEADER + "".join(f"{n}\n" for n in names)
+    # keep the expected cache types of the series being replaced
+    old = out_dir / "series"
+    keep = [ln for ln in old.read_text(encoding="utf-8").splitlines() if ln.startswith(CACHE_TYPES_DIRECTIVE)] \
+        if old.is_file() else []
+    body = SERIES_HEADER + "".join(f"{ln}\n" for ln in keep) + "".join(f"{n}\n" for n in names)
     (out_dir / "series").write_text(body, encoding="utf-8")
     return names

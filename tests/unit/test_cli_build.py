@@ -179,3 +179,21 @@ def test_build_failure_exit_code_and_log(allow_cmake: Guard, fake_world: FakeWor
     assert r.exit_code == 8, r.output
     assert "error: cmake build failed (exit code" in r.stderr
     assert "log: " in r.stderr and "oops" in r.stderr
+
+
+def test_binary_without_the_series_cache_types_is_refused(allow_cmake: Guard, fake_world: FakeWorld,
+                                                          tmp_path: Path) -> None:
+    """The series declares the cache types it adds; a binary that does not accept them (built
+    from an unpatched tree: "Unsupported cache type: turbo4") fails the build's verification."""
+    import shutil
+
+    series_dir = tmp_path / "series-dir"
+    shutil.copytree(DATA / "patches", series_dir)
+    text = (series_dir / "series").read_text()
+    (series_dir / "series").write_text("#! cache-types: turbo2 turbo4 turbo9\n" + text)
+    r = runner.invoke(app, ["build", "--backend", "cpu", "--pins", str(fake_world.pins), "--patches",
+                            str(series_dir), "--source", str(fake_world.tree), "--no-selftest"])
+    assert r.exit_code == 6, r.output
+    assert "does not accept the KV cache types turbo9 that the patch series" in r.stderr
+    assert "it was not built from the patched tree" in r.stderr
+    assert "hint: run turboctl build --force (resets and re-patches the tree)" in r.stderr

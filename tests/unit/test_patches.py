@@ -39,6 +39,12 @@ def test_series_parsing_and_upstream_files() -> None:
     assert series.upstream_files() == ["include/llama.h", "src/llama-kv-cache.cpp"]
 
 
+def test_cache_types_directive() -> None:
+    series = patches.load_series()
+    assert series.cache_types == ("turbo2", "turbo3", "turbo4")
+    assert patches.load_series(DATA / "patches").cache_types == ()
+
+
 def test_shipped_series_is_valid_and_pinned() -> None:
     from turboctl.pins import load_pin
 
@@ -177,6 +183,8 @@ def test_empty_series_records_state(repo: tuple[Path, str], tmp_path: Path) -> N
         ("../evil.patch\n", {}, "must be a plain file name"),
         ("a.patch\na.patch\n", {"a.patch": "diff --git a/x b/x\n"}, "is listed twice"),
         ("a.patch\n", {"a.patch": "not a patch\n"}, "contains no 'diff --git' section"),
+        ("#! cache-types:\n", {}, "series:1: '#! cache-types:' needs KV cache type names"),
+        ("#! cache-types: turbo4 Turbo9!\n", {}, "needs KV cache type names \\(e.g. 'turbo4'\\), not 'Turbo9!'"),
     ],
 )
 def test_bad_series_files(tmp_path: Path, series_text: str, files: dict[str, str],
@@ -197,9 +205,13 @@ def test_export_round_trip(repo: tuple[Path, str], fake_world: FakeWorld, tmp_pa
     tree, base = repo
     applied = apply(repo)
     out = tmp_path / "exported"
+    out.mkdir()
+    (out / "series").write_text("#! cache-types: turbo4\nold.patch\n")  # the series being replaced
     names = patches.export_series(tree, base, out, tmp_path / "export.log")
     assert len(names) == 2
     exported = patches.load_series(out)
+    assert exported.cache_types == ("turbo4",)  # kept by the export
+    assert [p.name for p in exported.patches] == names
     other = tmp_path / "other"
     shutil.copytree(fake_world.tree, other)
     other_base = source.import_tree(other, fake_world.pin, tmp_path / "o.log")
