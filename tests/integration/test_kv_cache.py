@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.server import LlamaServer, run_to_exit
-from tests.integration.tinymodel import write_tiny_model
+from tests.integration.tinymodel import write_tiny_gemma4, write_tiny_model
 from turboctl import manifest
 
 pytestmark = pytest.mark.slow
@@ -63,6 +63,32 @@ def test_kv_buffer_size_is_exact(llama_build: manifest.Manifest, tmp_path: Path,
     # and the summary line agrees: K + V in MiB
     summary = re.search(r"llama_kv_cache: size = +([\d.]+) MiB", srv.log())
     assert summary and abs(float(summary[1]) - (int(m[2]) + int(m[6])) / 2**20) < 0.006
+
+
+@pytest.mark.parametrize("type_k,type_v", [("turbo4", "turbo4"), ("q8_0", "turbo3"), ("turbo2", "f16")])
+def test_layers_with_different_head_dims(llama_build: manifest.Manifest, tmp_path: Path,
+                                         type_k: str, type_v: str) -> None:
+    """A (tiny, generated) Gemma 4: sliding-window layers with head dim 128, full-attention
+    layers with 256, in two KV caches. Each is rotated over its own full head dim, and the
+    sizes are exact for both."""
+    n_ctx = 512
+    model = write_tiny_gemma4(tmp_path / "gemma4.gguf", head_dim_full=256, head_dim_swa=128, n_layer=4)
+    srv = LlamaServer(llama_build.binaries["llama-server"].path,
+                      ["-m", str(model), "-c", str(n_ctx), "-np", "1", "-t", "2", "-fa", "on",
+                       "-ctk", type_k, "-ctv", type_v, "-lv", "4"], tmp_path / "server.log")
+    with srv:
+        doc = srv.completion({"prompt": "the cache " * 40, "n_predict": 16, "ignore_eos": True, "temperature": 0})
+        assert doc["tokens_predicted"] == 16
+    srv.assert_clean_exit()
+    log = srv.log()
+    sizes = KV_LINE.findall(log)
+    assert len(sizes) == 2, log[-3000:]  # the full-attention cache and the sliding-window cache
+    for m in sizes:
+        for name, nbytes, nvalues in ((m[0], int(m[1]), int(m[2])), (m[4], int(m[5]), int(m[6]))):
+            assert nbytes * 8 == BITS[name] * nvalues
+    if "turbo" in type_k + type_v:
+        for hd in (256, 128):
+            assert f"randomized Hadamard up to head dim {hd}" in log
 
 
 @pytest.mark.parametrize("type_k,type_v", [

@@ -111,3 +111,90 @@ def write_tiny_model(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_gemma4(
+    path: Path,
+    *,
+    head_dim_full: int = 256,
+    head_dim_swa: int = 128,
+    n_layer: int = 4,
+    n_head: int = 2,
+    n_head_kv: int = 1,
+    n_embd: int = 256,
+    n_ff: int = 512,
+    n_swa: int = 64,
+    n_ctx: int = 2048,
+    seed: int = 4321,
+) -> Path:
+    """A tiny Gemma 4 (architecture ``gemma4``): sliding-window layers with head dim
+    ``head_dim_swa`` and full-attention layers (every 2nd) with ``head_dim_full`` -- a model
+    whose layers differ in head dim. Random f32 weights, the tiny SPM vocabulary."""
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = tiny_vocab()
+    n_vocab = len(tokens)
+    swa = [i % 2 == 0 for i in range(n_layer)]  # layers 1, 3, ... are full attention
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def ones(n: int) -> np.ndarray:
+        return np.ones(n, dtype=np.float32)
+
+    arch = "gemma4"
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("turboctl tiny gemma4 test model")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim_full)
+    w.add_value_length(head_dim_full)
+    w.add_uint32(f"{arch}.attention.key_length_swa", head_dim_swa)
+    w.add_uint32(f"{arch}.attention.value_length_swa", head_dim_swa)
+    w.add_uint32(f"{arch}.attention.sliding_window", n_swa)
+    w.add_array(f"{arch}.attention.sliding_window_pattern", swa)
+    w.add_uint32(f"{arch}.embedding_length_per_layer_input", 0)
+    w.add_rope_dimension_count(head_dim_full)
+    w.add_uint32(f"{arch}.rope.dimension_count_swa", head_dim_swa)
+    w.add_rope_freq_base(1000000.0)
+    w.add_float32(f"{arch}.rope.freq_base_swa", 10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+
+    w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
+    w.add_tensor("rope_freqs.weight", ones(head_dim_full // 2))
+    for i in range(n_layer):
+        hd = head_dim_swa if swa[i] else head_dim_full
+        w.add_tensor(f"blk.{i}.attn_norm.weight", ones(n_embd))
+        w.add_tensor(f"blk.{i}.attn_q.weight", mat(n_head * hd, n_embd))
+        w.add_tensor(f"blk.{i}.attn_k.weight", mat(n_head_kv * hd, n_embd))
+        w.add_tensor(f"blk.{i}.attn_v.weight", mat(n_head_kv * hd, n_embd))
+        w.add_tensor(f"blk.{i}.attn_output.weight", mat(n_embd, n_head * hd))
+        w.add_tensor(f"blk.{i}.attn_q_norm.weight", ones(hd))
+        w.add_tensor(f"blk.{i}.attn_k_norm.weight", ones(hd))
+        w.add_tensor(f"blk.{i}.post_attention_norm.weight", ones(n_embd))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", ones(n_embd))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", mat(n_embd, n_ff))
+        w.add_tensor(f"blk.{i}.post_ffw_norm.weight", ones(n_embd))
+    w.add_tensor("output_norm.weight", ones(n_embd))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
