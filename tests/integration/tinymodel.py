@@ -39,6 +39,21 @@ def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
+def add_tiny_tokenizer(w: gguf.GGUFWriter) -> None:
+    """The tiny SPM vocabulary and its special tokens (BOS added, no EOS)."""
+    tokens, scores, types = tiny_vocab()
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+
+
 def write_tiny_model(
     path: Path,
     *,
@@ -58,8 +73,7 @@ def write_tiny_model(
         raise ValueError("dtype must be f16 or f32")
     rng = np.random.default_rng(seed)
     wtype = np.float16 if dtype == "f16" else np.float32
-    tokens, scores, types = tiny_vocab()
-    n_vocab = len(tokens)
+    n_vocab = len(tiny_vocab()[0])
 
     def mat(rows: int, cols: int) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(wtype)
@@ -81,16 +95,7 @@ def write_tiny_model(
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    w.add_vocab_size(n_vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    add_tiny_tokenizer(w)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
     for i in range(n_layer):
@@ -131,8 +136,7 @@ def write_tiny_gemma4(
     ``head_dim_swa`` and full-attention layers (every 2nd) with ``head_dim_full`` -- a model
     whose layers differ in head dim. Random f32 weights, the tiny SPM vocabulary."""
     rng = np.random.default_rng(seed)
-    tokens, scores, types = tiny_vocab()
-    n_vocab = len(tokens)
+    n_vocab = len(tiny_vocab()[0])
     swa = [i % 2 == 0 for i in range(n_layer)]  # layers 1, 3, ... are full attention
 
     def mat(rows: int, cols: int) -> np.ndarray:
@@ -163,16 +167,7 @@ def write_tiny_gemma4(
     w.add_float32(f"{arch}.rope.freq_base_swa", 10000.0)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_vocab_size(n_vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    add_tiny_tokenizer(w)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
     w.add_tensor("rope_freqs.weight", ones(head_dim_full // 2))
