@@ -41,6 +41,7 @@ ROUNDS = 3            # rounds of (choose the window, iterate)
 SPREADS = (1.0, 1.05, 1.1, 1.15)  # starting spreads of the inner codewords
 WIDE = (-16, 0)        # the window searched when choosing the pinned window
 COVER = 0.999          # pinned window covers this share of the choices of the wide scan
+IDEMPOTENT = (-1, 0)   # offsets every window holds, so that quantize(dequantize(q)) == q
 ROT_SEED = 0x7475726230713F2D  # rotation sign seed (documented in kernels/README.md)
 
 
@@ -101,7 +102,16 @@ def quantize_scan(x: np.ndarray, cb: np.ndarray, lo: int, hi: int):
 
 
 def choose_window(g: np.ndarray, cb: np.ndarray) -> tuple[int, int]:
-    """The smallest window that holds COVER of the offsets a wide scan chooses."""
+    """The smallest window that holds COVER of the offsets a wide scan chooses, widened to
+    hold the offsets -1 and 0 (IDEMPOTENT).
+
+    Why -1 and 0: a decoded sub-block's largest value is d(b) * 127 (the quantizer never
+    picks a scale above e0, so its largest value always lands on the outer codeword), and the
+    rule puts that block's e0 at b or b + 1 (turbo_thr[b] and the float product
+    d(b) * 127 may differ by an ulp). With b in the window at zero error, re-quantizing a
+    decoded block gives the block back bit for bit, so a K-shift (dequantize, rotate,
+    quantize) of cells that did not move does not add error every time it runs.
+    """
     _, _, off = quantize_scan(g, cb, *WIDE)
     vals, counts = np.unique(off, return_counts=True)
     chosen, acc = [], 0
@@ -110,7 +120,7 @@ def choose_window(g: np.ndarray, cb: np.ndarray) -> tuple[int, int]:
         acc += counts[j]
         if acc >= COVER * len(off):
             break
-    return min(chosen), max(chosen)
+    return min(min(chosen), IDEMPOTENT[0]), max(max(chosen), IDEMPOTENT[1])
 
 
 def lloyd_step(g: np.ndarray, cb: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -32,11 +32,11 @@ TURBO_CONST float turbo_bnd3[7] = { -103.0f, -61.5f, -29.0f, 0.0f, 29.0f, 61.5f,
 #define TURBO_SCAN_HI3 (0)
 
 // 2-bit codebook: Lloyd fixed point for the scan rule on Gaussian sub-blocks;
-// relative MSE on the training data 0.10520 (window -11..-1).
+// relative MSE on the training data 0.10520 (window -11..0).
 TURBO_CONST signed char turbo_cb2[4] = { -127, -37, 37, 127 };
 TURBO_CONST float turbo_bnd2[3] = { -82.0f, 0.0f, 82.0f };
 #define TURBO_SCAN_LO2 (-11)
-#define TURBO_SCAN_HI2 (-1)
+#define TURBO_SCAN_HI2 (0)
 
 // d(b): the scale of a sub-block with scale byte b
 TURBO_CONST float turbo_scale[256] = {

@@ -16,16 +16,6 @@
 #  define TURBO_NEON 1
 #endif
 
-const char * turbo_cpu_impl(void) {
-#if defined(TURBO_AVX2)
-    return "avx2";
-#elif defined(TURBO_NEON)
-    return "neon";
-#else
-    return "scalar";
-#endif
-}
-
 static inline float turbo_fp16_to_fp32(uint16_t h) {
     const uint32_t sign = (uint32_t) (h & 0x8000u) << 16;
     const uint32_t exp  = (h >> 10) & 0x1Fu;
@@ -44,42 +34,6 @@ static inline float turbo_fp16_to_fp32(uint16_t h) {
     memcpy(&f, &bits, sizeof(f));
     return f;
 }
-
-// index of value i (0..63) of a block
-static inline int turbo4_index(const block_turbo4 * b, int i) {
-    return i < 32 ? (b->qs[i] & 0x0F) : (b->qs[i - 32] >> 4);
-}
-static inline int turbo3_index(const block_turbo3 * b, int i) {
-    return ((b->qs[i % 16] >> (2 * (i / 16))) & 3) | (((b->qh[i / 8] >> (i % 8)) & 1) << 2);
-}
-static inline int turbo2_index(const block_turbo2 * b, int i) {
-    return (b->qs[i % 16] >> (2 * (i / 16))) & 3;
-}
-
-// ---------------------------------------------------------------------------------------
-// scalar dot products (the generic path, also the reference for the SIMD ones)
-
-#define TURBO_DEF_VEC_DOT_SCALAR(N)                                                           \
-    static void turbo##N##_vec_dot_scalar(int n, float * s, const void * vx, const void * vy) { \
-        const block_turbo##N * x = (const block_turbo##N *) vx;                               \
-        const turbo_block_q8_0 * y = (const turbo_block_q8_0 *) vy;                           \
-        float sumf = 0.0f;                                                                    \
-        for (int ib = 0; ib < n / QK_TURBO; ++ib) {                                           \
-            for (int sb = 0; sb < 2; ++sb) {                                                  \
-                const turbo_block_q8_0 * yb = y + 2 * ib + sb;                                \
-                int isum = 0;                                                                 \
-                for (int i = 0; i < 32; ++i) {                                                \
-                    isum += turbo_cb##N[turbo##N##_index(x + ib, 32 * sb + i)] * yb->qs[i];    \
-                }                                                                             \
-                sumf += (turbo_scale[x[ib].e[sb]] * turbo_fp16_to_fp32(yb->d)) * (float) isum; \
-            }                                                                                 \
-        }                                                                                     \
-        *s = sumf;                                                                            \
-    }
-
-TURBO_DEF_VEC_DOT_SCALAR(4)
-TURBO_DEF_VEC_DOT_SCALAR(3)
-TURBO_DEF_VEC_DOT_SCALAR(2)
 
 #if defined(TURBO_AVX2)
 
@@ -543,11 +497,37 @@ void turbo2_quantize_row(const float * x, void * vy, int64_t k) {
 // ---------------------------------------------------------------------------------------
 // scalar fallback
 
+// index of value i (0..63) of a block
+static inline int turbo4_index(const block_turbo4 * b, int i) {
+    return i < 32 ? (b->qs[i] & 0x0F) : (b->qs[i - 32] >> 4);
+}
+static inline int turbo3_index(const block_turbo3 * b, int i) {
+    return ((b->qs[i % 16] >> (2 * (i / 16))) & 3) | (((b->qh[i / 8] >> (i % 8)) & 1) << 2);
+}
+static inline int turbo2_index(const block_turbo2 * b, int i) {
+    return (b->qs[i % 16] >> (2 * (i / 16))) & 3;
+}
+
+// dot products against q8_0 (integer sums per 32 values), dequantize and quantize with the
+// reference
 #define TURBO_DEF_SCALAR(N)                                                                    \
     void turbo##N##_vec_dot_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx,     \
                                  const void * vy, size_t by, int nrc) {                        \
         (void) bs; (void) bx; (void) by; (void) nrc;                                           \
-        turbo##N##_vec_dot_scalar(n, s, vx, vy);                                               \
+        const block_turbo##N * x = (const block_turbo##N *) vx;                                \
+        const turbo_block_q8_0 * y = (const turbo_block_q8_0 *) vy;                            \
+        float sumf = 0.0f;                                                                     \
+        for (int ib = 0; ib < n / QK_TURBO; ++ib) {                                            \
+            for (int sb = 0; sb < 2; ++sb) {                                                   \
+                const turbo_block_q8_0 * yb = y + 2 * ib + sb;                                 \
+                int isum = 0;                                                                  \
+                for (int i = 0; i < 32; ++i) {                                                 \
+                    isum += turbo_cb##N[turbo##N##_index(x + ib, 32 * sb + i)] * yb->qs[i];     \
+                }                                                                              \
+                sumf += (turbo_scale[x[ib].e[sb]] * turbo_fp16_to_fp32(yb->d)) * (float) isum;  \
+            }                                                                                  \
+        }                                                                                      \
+        *s = sumf;                                                                             \
     }                                                                                          \
     void turbo##N##_dequantize_row(const void * x, float * y, int64_t k) {                     \
         turbo##N##_dequantize_row_ref((const block_turbo##N *) x, y, k);                       \
@@ -561,13 +541,3 @@ TURBO_DEF_SCALAR(3)
 TURBO_DEF_SCALAR(2)
 
 #endif
-
-// the generic dot products stay reachable for tests of the SIMD ones
-void turbo_vec_dot_q8_0_generic(int bits, int n, float * s, const void * x, const void * y);
-void turbo_vec_dot_q8_0_generic(int bits, int n, float * s, const void * x, const void * y) {
-    switch (bits) {
-        case 4: turbo4_vec_dot_scalar(n, s, x, y); break;
-        case 3: turbo3_vec_dot_scalar(n, s, x, y); break;
-        default: turbo2_vec_dot_scalar(n, s, x, y); break;
-    }
-}

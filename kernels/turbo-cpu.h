@@ -31,9 +31,6 @@ void turbo4_vec_dot_q8_0(int n, float * s, size_t bs, const void * x, size_t bx,
 void turbo3_vec_dot_q8_0(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
 void turbo2_vec_dot_q8_0(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
 
-// which implementation was compiled in: "avx2", "neon" or "scalar"
-const char * turbo_cpu_impl(void);
-
 #ifdef __cplusplus
 }
 #endif

@@ -35,8 +35,8 @@ class TurboLib:
     """ctypes view of one build of the codec."""
 
     def __init__(self, path: Path):
+        self.path = path
         self.lib = ctypes.CDLL(str(path))
-        self.impl = self._fn("turbo_cpu_impl", ctypes.c_char_p, []) ().decode()
 
     def _fn(self, name: str, res: object, args: list[object]):  # type: ignore[no-untyped-def]
         f = getattr(self.lib, name)
@@ -61,19 +61,14 @@ class TurboLib:
             data.ctypes.data, out.ctypes.data, k)
         return out
 
-    def vec_dot(self, bits: int, n: int, x: np.ndarray, y: np.ndarray, generic: bool) -> float:
+    def vec_dot(self, bits: int, n: int, x: np.ndarray, y: np.ndarray) -> float:
         s = ctypes.c_float(0.0)
         x = np.ascontiguousarray(x)
         y = np.ascontiguousarray(y)
-        if generic:
-            self._fn("turbo_vec_dot_q8_0_generic", None,
-                     [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])(
-                bits, n, ctypes.byref(s), x.ctypes.data, y.ctypes.data)
-        else:
-            self._fn(f"turbo{bits}_vec_dot_q8_0", None,
-                     [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-                      ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])(
-                n, ctypes.byref(s), 0, x.ctypes.data, 0, y.ctypes.data, 0, 1)
+        self._fn(f"turbo{bits}_vec_dot_q8_0", None,
+                 [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                  ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])(
+            n, ctypes.byref(s), 0, x.ctypes.data, 0, y.ctypes.data, 0, 1)
         return s.value
 
     def signs(self, n: int) -> np.ndarray:
@@ -83,6 +78,21 @@ class TurboLib:
 
     def first_scale(self, amax: float) -> int:
         return int(self._fn("turbo_first_scale", ctypes.c_int, [ctypes.c_float])(amax))
+
+
+def has_simd_quantizer(binary: Path, isa: str, objdump: str = "objdump") -> bool:
+    """Whether turbo4_quantize_row in ``binary`` is the SIMD one of ``isa`` ("avx2": it uses
+    ymm registers; "neon": it calls or inlines turbo_quantize_sub_neon, v-registers), not
+    the scalar fallback: which implementation the build compiled."""
+    tool = shutil.which(objdump)
+    if not tool:
+        pytest.skip(f"{objdump} is needed to inspect the compiled kernels")
+    res = subprocess.run([tool, "-d", "--disassemble=turbo4_quantize_row", str(binary)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "<turbo4_quantize_row>:" in res.stdout, f"{binary} has no turbo4_quantize_row"
+    marks = {"avx2": ("%ymm",), "neon": (".4s", "<turbo_quantize_sub_neon")}[isa]
+    return any(m in res.stdout for m in marks)
 
 
 def _build(tmp: Path, name: str, extra: list[str]) -> Path:
@@ -109,7 +119,7 @@ def simd_lib(kernel_build_dir: Path) -> TurboLib:
     if not has_avx2():
         pytest.skip("this CPU has no AVX2")
     lib = TurboLib(_build(kernel_build_dir, "avx2", ["-mavx2", "-mfma", "-mf16c"]))
-    assert lib.impl == "avx2"
+    assert has_simd_quantizer(lib.path, "avx2"), "the AVX2 build has no AVX2 quantizer"
     return lib
 
 
