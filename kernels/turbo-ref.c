@@ -34,6 +34,27 @@ TURBO_DEF_REF(4)
 TURBO_DEF_REF(3)
 TURBO_DEF_REF(2)
 
+// dot product through the reference dequantizer, summed in double precision (the check for
+// the backends' integer dot products)
+#define TURBO_DEF_DOT_REF(N)                                                                      \
+    void turbo##N##_vec_dot_f32_ref(int n, float * s, size_t bs, const void * vx, size_t bx,       \
+                                    const void * vy, size_t by, int nrc) {                        \
+        (void) bs; (void) bx; (void) by; (void) nrc;                                              \
+        const block_turbo##N * x = (const block_turbo##N *) vx;                                   \
+        const float * y = (const float *) vy;                                                     \
+        double sum = 0.0;                                                                         \
+        for (int ib = 0; ib < n / QK_TURBO; ++ib) {                                               \
+            for (int i = 0; i < QK_TURBO; ++i) {                                                  \
+                sum += (double) turbo##N##_value_impl(x + ib, i) * (double) y[ib * QK_TURBO + i]; \
+            }                                                                                     \
+        }                                                                                         \
+        *s = (float) sum;                                                                         \
+    }
+
+TURBO_DEF_DOT_REF(4)
+TURBO_DEF_DOT_REF(3)
+TURBO_DEF_DOT_REF(2)
+
 // ---------------------------------------------------------------------------------------
 // rotation signs
 

@@ -71,6 +71,13 @@ TURBO_API void turbo4_dequantize_row_ref(const block_turbo4 * x, float * y, int6
 TURBO_API void turbo3_dequantize_row_ref(const block_turbo3 * x, float * y, int64_t k);
 TURBO_API void turbo2_dequantize_row_ref(const block_turbo2 * x, float * y, int64_t k);
 
+// Reference dot product of k = n values (n % QK_TURBO == 0) with n floats y, through the
+// reference dequantizer (ggml's vec_dot signature; bs, bx, by and nrc are unused): the check
+// for the backends' own dot products.
+TURBO_API void turbo4_vec_dot_f32_ref(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+TURBO_API void turbo3_vec_dot_f32_ref(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+TURBO_API void turbo2_vec_dot_f32_ref(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+
 // The scale of scale byte b, and the scale byte rule (exposed for tests and backends).
 TURBO_API float turbo_scale_of(uint8_t b);
 TURBO_API int   turbo_first_scale(float amax);  // smallest b in [1, 255] with d(b) * 127 >= amax (255 if none)

@@ -182,6 +182,7 @@ def run(plan: BuildPlan, ui: UI) -> manifest.Manifest:
     with _phase("patches", timings, ui):
         applied = patches.apply_series(tree.path, tree.base_commit, plan.series, force=plan.force,
                                        log=log, ui=ui)
+        patches.check_type_ids(tree.path)
         ui.ok(f"{applied.reason}; HEAD {applied.head[:12]}")
     env = cmake.build_env(plan.paths.home)
     with _phase("configure", timings, ui):

@@ -280,6 +280,48 @@ def apply_series(repo: Path, base: str, series: Series, *, force: bool, log: Pat
     return ApplyResult(action, new_head, tuple(p.name for p in series.patches), reason)
 
 
+_GGML_TYPE_ENUM = re.compile(r"enum\s+ggml_type\s*\{(.*?)\};", re.S)
+_ENUMERATOR = re.compile(r"^\s*(GGML_TYPE_\w+)\s*(?:=\s*(\d+))?\s*,?\s*$")
+GGML_H = PurePosixPath("ggml/include/ggml.h")
+
+
+def check_type_ids(repo: Path) -> None:
+    """Fail loudly when two ``enum ggml_type`` values of the patched tree share an id (e.g.
+    an upstream type added after the pin took the id of a type the series adds): saved KV
+    state files store type ids, so a collision would silently misread them. A tree without
+    ``ggml/include/ggml.h`` (not llama.cpp) is not checked."""
+    header = repo / GGML_H
+    if not header.is_file():
+        return
+    text = header.read_text(encoding="utf-8", errors="replace")
+    m = _GGML_TYPE_ENUM.search(text)
+    if not m:
+        raise PatchError(f"{header}: no `enum ggml_type` found", hint="the tree is not a llama.cpp tree")
+    ids: dict[int, list[str]] = {}
+    count = None
+    value = -1
+    for raw in m.group(1).splitlines():
+        line = re.sub(r"//.*", "", raw)
+        e = _ENUMERATOR.match(line)
+        if not e:
+            continue
+        value = int(e.group(2)) if e.group(2) is not None else value + 1
+        if e.group(1) == "GGML_TYPE_COUNT":
+            count = value
+            continue
+        ids.setdefault(value, []).append(e.group(1))
+    clashes = {v: names for v, names in ids.items() if len(names) > 1}
+    if clashes:
+        shown = "; ".join(f"{' and '.join(names)} are both {v}" for v, names in sorted(clashes.items()))
+        raise PatchError(
+            f"{header}: KV cache type ids collide after patching: {shown}",
+            hint="upstream added types after the pin: renumber the series' types after upstream's last id "
+                 "(type-id policy in kernels/README.md) and regenerate the series")
+    if ids and count is not None and count != max(ids) + 1:
+        raise PatchError(f"{header}: GGML_TYPE_COUNT is {count}, the largest type id is {max(ids)}",
+                         hint="GGML_TYPE_COUNT must follow the last type; fix the series' ggml.h hunk")
+
+
 def _fail(repo: Path, base: str, patch: PatchFile, am_output: list[str], log: Path) -> None:
     gitrepo.run_git(["am", "--abort"], repo, log=log, check=False)
     check = gitrepo.run_git(["apply", "--check", "-v", str(patch.path)], repo, log=log,

@@ -8,12 +8,20 @@
 //    decode it again. The next-token distribution must come out the same.
 // 2. K-shift: decode 300 tokens, drop the first 100 and move the rest back by 100
 //    positions (llama_memory_seq_rm + llama_memory_seq_add: the cached K are re-roped,
-//    for a TurboQuant K cache through dequantize -> inverse rotation -> RoPE -> rotation ->
-//    quantize), then decode a tail. Compare with the same drop without the move (the tail
-//    decoded 100 positions later: same relative positions): KL divergence of the
-//    next-token distributions.
-// KL figures are means over the 40 tokens of the tail. Prints one line of key=value
-// results; exit code 0 when everything ran.
+//    for a quantized K through dequantize -> inverse rotation -> RoPE on the first n_rot
+//    dims of each head -> rotation -> quantize), then decode a tail. Compared with the same
+//    drop without the move (the tail decoded 100 positions later: same relative positions):
+//    kl_shift. The same with an f16 cache (kl_shift_f16: the arithmetic of RoPE alone), and
+//    the K cache's own quantization noise, the unshifted tail with K of this type (V f16)
+//    against f16 (kl_noise): a correct shift costs about one more quantization of K, so
+//    kl_shift is of the order of kl_noise + kl_shift_f16; a broken one is far above.
+// 3. Repeated K-shifts: two sequences in one unified cache; sequence 1 is shifted ten
+//    times, which re-processes every cell of the cache, sequence 0's with a zero shift
+//    (dequantize, rotate back, RoPE by 0, rotate, quantize). Sequence 0's tail after one
+//    and after ten shifts against before any: kl_repeat_1, kl_repeat_10 (a codec whose
+//    re-quantization is idempotent gives its blocks back: both ~0, and 10 no worse than 1).
+// KL figures are means over the 40 tokens of a tail. Prints one line of key=value results;
+// exit code 0 when everything ran.
 #include "llama.h"
 
 #include <cmath>
@@ -42,22 +50,24 @@ static void quiet_log(ggml_log_level level, const char * text, void *) {
     }
 }
 
-// decode tokens at positions pos0.. in sequence 0; returns the logits of every token
-static std::vector<std::vector<float>> decode(llama_context * ctx, const std::vector<llama_token> & toks, int pos0, int n_vocab) {
+using logits_t = std::vector<std::vector<float>>;
+
+// decode tokens at positions pos0.. in sequence seq; returns the logits of every token
+static logits_t decode(llama_context * ctx, const std::vector<llama_token> & toks, int pos0, int n_vocab, int seq = 0) {
     llama_batch batch = llama_batch_init((int32_t) toks.size(), 0, 1);
     batch.n_tokens = (int32_t) toks.size();
     for (size_t i = 0; i < toks.size(); ++i) {
         batch.token[i]     = toks[i];
         batch.pos[i]       = pos0 + (int) i;
         batch.n_seq_id[i]  = 1;
-        batch.seq_id[i][0] = 0;
+        batch.seq_id[i][0] = seq;
         batch.logits[i]    = 1;
     }
     if (llama_decode(ctx, batch) != 0) {
         fprintf(stderr, "llama_decode failed\n");
         exit(1);
     }
-    std::vector<std::vector<float>> out;
+    logits_t out;
     for (size_t i = 0; i < toks.size(); ++i) {
         const float * l = llama_get_logits_ith(ctx, (int32_t) i);
         out.emplace_back(l, l + n_vocab);
@@ -94,7 +104,7 @@ static double kl1(const std::vector<float> & p_logits, const std::vector<float> 
 }
 
 // mean KL over the tokens of a decoded tail
-static double kl(const std::vector<std::vector<float>> & p, const std::vector<std::vector<float>> & q) {
+static double kl(const logits_t & p, const logits_t & q) {
     double s = 0;
     for (size_t i = 0; i < p.size(); ++i) {
         s += kl1(p[i], q[i]);
@@ -106,6 +116,48 @@ static std::vector<llama_token> slice(const std::vector<llama_token> & v, size_t
     return std::vector<llama_token>(v.begin() + a, v.begin() + b);
 }
 
+struct fixture {
+    llama_model * model;
+    int n_vocab;
+    std::vector<llama_token> toks;
+    int n_threads;
+
+    llama_context * context(ggml_type type_k, ggml_type type_v, int n_seq = 1) const {
+        llama_context_params cparams = llama_context_default_params();
+        cparams.n_ctx           = 1024;
+        cparams.n_batch         = 512;
+        cparams.n_ubatch        = 512;
+        cparams.n_seq_max       = n_seq;
+        cparams.kv_unified      = true;
+        cparams.n_threads       = n_threads;
+        cparams.n_threads_batch = n_threads;
+        cparams.type_k          = type_k;
+        cparams.type_v          = type_v;
+        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        llama_context * ctx = llama_init_from_model(model, cparams);
+        if (!ctx) {
+            fprintf(stderr, "cannot create a context with K=%s V=%s\n", ggml_type_name(type_k), ggml_type_name(type_v));
+            exit(1);
+        }
+        return ctx;
+    }
+
+    // the tail after 300 tokens of which the first 100 are dropped; moved: the other 200 are
+    // moved back by 100 positions (a K-shift) and the tail decoded at 200, otherwise at 300
+    logits_t dropped_tail(ggml_type type_k, ggml_type type_v, bool moved) const {
+        llama_context * ctx = context(type_k, type_v);
+        decode(ctx, slice(toks, 0, 300), 0, n_vocab);
+        llama_memory_t mem = llama_get_memory(ctx);
+        llama_memory_seq_rm(mem, 0, 0, 100);
+        if (moved) {
+            llama_memory_seq_add(mem, 0, 100, -1, -100);
+        }
+        logits_t out = decode(ctx, slice(toks, 300, 340), moved ? 200 : 300, n_vocab);
+        llama_free(ctx);
+        return out;
+    }
+};
+
 int main(int argc, char ** argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: %s MODEL TEXT TYPE_K TYPE_V [THREADS]\n", argv[0]);
@@ -113,53 +165,41 @@ int main(int argc, char ** argv) {
     }
     const ggml_type type_k = type_from_name(argv[3]);
     const ggml_type type_v = type_from_name(argv[4]);
-    const int n_threads = argc > 5 ? atoi(argv[5]) : 2;
 
     llama_log_set(quiet_log, nullptr);
     llama_backend_init();
 
     llama_model_params mparams = llama_model_default_params();
     mparams.n_gpu_layers = 0;
-    llama_model * model = llama_model_load_from_file(argv[1], mparams);
-    if (!model) {
+    fixture fx;
+    fx.n_threads = argc > 5 ? atoi(argv[5]) : 2;
+    fx.model = llama_model_load_from_file(argv[1], mparams);
+    if (!fx.model) {
         fprintf(stderr, "cannot load %s\n", argv[1]);
         return 1;
     }
-    const llama_vocab * vocab = llama_model_get_vocab(model);
-    const int n_vocab = llama_vocab_n_tokens(vocab);
+    const llama_vocab * vocab = llama_model_get_vocab(fx.model);
+    fx.n_vocab = llama_vocab_n_tokens(vocab);
 
     std::ifstream f(argv[2], std::ios::binary);
     std::stringstream ss;
     ss << f.rdbuf();
     std::string text = ss.str().substr(0, 20000);
-    std::vector<llama_token> toks(text.size() + 16);
-    const int n = llama_tokenize(vocab, text.c_str(), (int32_t) text.size(), toks.data(), (int32_t) toks.size(), true, false);
+    fx.toks.resize(text.size() + 16);
+    const int n = llama_tokenize(vocab, text.c_str(), (int32_t) text.size(), fx.toks.data(), (int32_t) fx.toks.size(), true, false);
     if (n < 400) {
         fprintf(stderr, "need at least 400 tokens of text, got %d\n", n);
         return 1;
     }
-    toks.resize(400);
-
-    llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx           = 1024;
-    cparams.n_batch         = 512;
-    cparams.n_ubatch        = 512;
-    cparams.n_seq_max       = 1;
-    cparams.n_threads       = n_threads;
-    cparams.n_threads_batch = n_threads;
-    cparams.type_k          = type_k;
-    cparams.type_v          = type_v;
-    cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    fx.toks.resize(400);
+    const int n_vocab = fx.n_vocab;
+    const auto & toks = fx.toks;
 
     // 1. sequence removal
     double kl_rm;
     int pos_max_after_rm;
     {
-        llama_context * ctx = llama_init_from_model(model, cparams);
-        if (!ctx) {
-            fprintf(stderr, "cannot create a context with K=%s V=%s\n", argv[3], argv[4]);
-            return 1;
-        }
+        llama_context * ctx = fx.context(type_k, type_v);
         decode(ctx, slice(toks, 0, 300), 0, n_vocab);
         const auto l1 = decode(ctx, slice(toks, 300, 340), 300, n_vocab);
         llama_memory_t mem = llama_get_memory(ctx);
@@ -173,41 +213,56 @@ int main(int argc, char ** argv) {
         llama_free(ctx);
     }
 
-    // 2. K-shift: drop the first 100 tokens and move the rest back by 100 positions. The
-    //    reference drops the same tokens without moving anything and decodes the tail 100
-    //    positions later: the same relative positions, so the only difference is the shift
-    //    (RoPE of the cached K by -100; for a quantized K also one more quantization).
-    double kl_shift;
+    // 2. K-shift: drop the first 100 tokens and move the rest back by 100 positions, against
+    //    the same drop without the move (same relative positions)
+    const auto ref     = fx.dropped_tail(type_k, type_v, false);
+    const auto shifted = fx.dropped_tail(type_k, type_v, true);
+    const auto ref_f16     = fx.dropped_tail(GGML_TYPE_F16, GGML_TYPE_F16, false);
+    const auto shifted_f16 = fx.dropped_tail(GGML_TYPE_F16, GGML_TYPE_F16, true);
+    const auto ref_k       = fx.dropped_tail(type_k, GGML_TYPE_F16, false);
+    const double kl_shift     = kl(ref, shifted);
+    const double kl_shift_f16 = kl(ref_f16, shifted_f16);
+    const double kl_noise     = kl(ref_f16, ref_k);
     double kl_dropped;
     {
-        llama_context * ctx = llama_init_from_model(model, cparams);
-        decode(ctx, slice(toks, 0, 300), 0, n_vocab);
-        llama_memory_t mem = llama_get_memory(ctx);
-        llama_memory_seq_rm(mem, 0, 0, 100);
-        llama_memory_seq_add(mem, 0, 100, -1, -100);
-        const auto ls = decode(ctx, slice(toks, 300, 340), 200, n_vocab);
-        llama_free(ctx);
-
-        llama_context * ref = llama_init_from_model(model, cparams);
-        decode(ref, slice(toks, 0, 300), 0, n_vocab);
-        llama_memory_seq_rm(llama_get_memory(ref), 0, 0, 100);
-        const auto lr = decode(ref, slice(toks, 300, 340), 300, n_vocab);
-        llama_free(ref);
-
         // for scale: the same tail with the full history (what dropping 100 tokens changes)
-        llama_context * full = llama_init_from_model(model, cparams);
+        llama_context * full = fx.context(type_k, type_v);
         decode(full, slice(toks, 0, 300), 0, n_vocab);
-        const auto lf = decode(full, slice(toks, 300, 340), 300, n_vocab);
+        kl_dropped = kl(decode(full, slice(toks, 300, 340), 300, n_vocab), ref);
         llama_free(full);
-
-        kl_shift   = kl(lr, ls);
-        kl_dropped = kl(lf, lr);
     }
 
-    printf("type_k=%s type_v=%s n_tokens=%d seq_rm_pos_max=%d kl_seq_rm=%.9g kl_shift=%.9g kl_dropped=%.9g\n",
-           argv[3], argv[4], n, pos_max_after_rm, kl_rm, kl_shift, kl_dropped);
+    // 3. ten K-shifts of sequence 1; sequence 0's cells are re-processed with a zero shift
+    double kl_repeat_1 = 0;
+    double kl_repeat_10 = 0;
+    {
+        llama_context * ctx = fx.context(type_k, type_v, 2);
+        llama_memory_t mem = llama_get_memory(ctx);
+        decode(ctx, slice(toks, 0, 300), 0, n_vocab, 0);
+        decode(ctx, slice(toks, 340, 400), 0, n_vocab, 1);
+        const auto before = decode(ctx, slice(toks, 300, 340), 300, n_vocab, 0);
+        llama_memory_seq_rm(mem, 0, 300, -1);
+        for (int i = 1; i <= 10; ++i) {
+            llama_memory_seq_add(mem, 1, 0, -1, 1);
+            // the decode applies the pending shift first; its tail is removed again after
+            const auto after = decode(ctx, slice(toks, 300, 340), 300, n_vocab, 0);
+            llama_memory_seq_rm(mem, 0, 300, -1);
+            if (i == 1) {
+                kl_repeat_1 = kl(before, after);
+            }
+            if (i == 10) {
+                kl_repeat_10 = kl(before, after);
+            }
+        }
+        llama_free(ctx);
+    }
 
-    llama_model_free(model);
+    printf("type_k=%s type_v=%s n_tokens=%d seq_rm_pos_max=%d kl_seq_rm=%.9g kl_shift=%.9g kl_shift_f16=%.9g "
+           "kl_noise=%.9g kl_dropped=%.9g kl_repeat_1=%.9g kl_repeat_10=%.9g\n",
+           argv[3], argv[4], n, pos_max_after_rm, kl_rm, kl_shift, kl_shift_f16, kl_noise, kl_dropped,
+           kl_repeat_1, kl_repeat_10);
+
+    llama_model_free(fx.model);
     llama_backend_free();
     return 0;
 }

@@ -193,3 +193,75 @@ def write_tiny_gemma4(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+PARTIAL_ROPE_ARCHS = {"glm4": "norm", "phi3": "neox"}  # architecture -> its RoPE mode in llama.cpp
+
+
+def write_tiny_partial_rope(
+    path: Path,
+    *,
+    arch: str = "glm4",
+    head_dim: int = 128,
+    n_rot: int = 32,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_head_kv: int = 1,
+    n_ff: int = 512,
+    n_ctx: int = 2048,
+    seed: int = 2468,
+) -> Path:
+    """A tiny model with partial RoPE: only the first ``n_rot`` of each head's ``head_dim``
+    dimensions are roped (``{arch}.rope.dimension_count`` < head dim), as in GLM-4 (``glm4``,
+    normal RoPE) or Phi-3-style models (``phi3``, NeoX RoPE). Random f32 weights, the tiny
+    SPM vocabulary; n_embd = n_head * head_dim."""
+    if arch not in PARTIAL_ROPE_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(PARTIAL_ROPE_ARCHS)}")
+    rng = np.random.default_rng(seed)
+    n_vocab = len(tiny_vocab()[0])
+    n_embd = n_head * head_dim
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def ones(n: int) -> np.ndarray:
+        return np.ones(n, dtype=np.float32)
+
+    w = gguf.GGUFWriter(str(path), arch)
+    # (no architecture name in the model name: llama.cpp keys tokenizer quirks on it)
+    w.add_name(f"turboctl tiny partial-RoPE test model ({n_rot} of {head_dim})")
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(n_rot)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    add_tiny_tokenizer(w)
+
+    w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", ones(n_embd))
+        w.add_tensor(f"blk.{i}.attn_q.weight", mat(n_head * head_dim, n_embd))
+        w.add_tensor(f"blk.{i}.attn_k.weight", mat(n_head_kv * head_dim, n_embd))
+        w.add_tensor(f"blk.{i}.attn_v.weight", mat(n_head_kv * head_dim, n_embd))
+        w.add_tensor(f"blk.{i}.attn_output.weight", mat(n_embd, n_head * head_dim))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", ones(n_embd))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", mat(2 * n_ff, n_embd))  # gate and up, fused
+        w.add_tensor(f"blk.{i}.ffn_down.weight", mat(n_embd, n_ff))
+        if arch == "glm4":
+            w.add_tensor(f"blk.{i}.post_attention_norm.weight", ones(n_embd))
+            w.add_tensor(f"blk.{i}.post_ffw_norm.weight", ones(n_embd))
+    w.add_tensor("output_norm.weight", ones(n_embd))
+    w.add_tensor("output.weight", mat(n_vocab, n_embd))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

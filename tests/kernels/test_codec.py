@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.kernels import turbo_numpy as ref
-from tests.kernels.conftest import TurboLib, q8_0, q8_0_values, has_simd_quantizer
+from tests.kernels.conftest import TurboLib, has_simd_quantizer, q8_0, q8_0_values
 
 BITS = (4, 3, 2)
 HEAD_DIMS = (64, 128, 256, 512)

@@ -219,3 +219,49 @@ def test_export_round_trip(repo: tuple[Path, str], fake_world: FakeWorld, tmp_pa
                                ui=UI(quiet=True))
     assert res.head == applied.head  # same patches, same identity and dates → same commits
     assert proc.run(["git", "diff", "--stat", base, res.head], cwd=other, echo=False).output
+
+
+GGML_H_OK = """
+    enum ggml_type {
+        GGML_TYPE_F32     = 0,
+        GGML_TYPE_F16     = 1,
+        // GGML_TYPE_Q4_2 = 4, support has been removed
+        GGML_TYPE_Q2_0    = 42,
+        GGML_TYPE_TURBO2  = 43, // TurboQuant
+        GGML_TYPE_TURBO3  = 44,
+        GGML_TYPE_COUNT   = 45,
+    };
+"""
+
+
+def _ggml_h(tree: Path, text: str) -> Path:
+    header = tree / "ggml" / "include" / "ggml.h"
+    header.parent.mkdir(parents=True)
+    header.write_text(text)
+    return header
+
+
+def test_type_ids_pass_when_unique(tmp_path: Path) -> None:
+    _ggml_h(tmp_path, GGML_H_OK)
+    patches.check_type_ids(tmp_path)
+    patches.check_type_ids(tmp_path / "not-llama")  # no ggml.h: nothing to check
+
+
+def test_type_id_collision_fails_loudly(tmp_path: Path) -> None:
+    upstream_added = "GGML_TYPE_Q2_0    = 42,\n        GGML_TYPE_Q3_0    = 43,"
+    header = _ggml_h(tmp_path, GGML_H_OK.replace("GGML_TYPE_Q2_0    = 42,", upstream_added))
+    with pytest.raises(PatchError) as e:
+        patches.check_type_ids(tmp_path)
+    assert str(e.value) == (f"{header}: KV cache type ids collide after patching: "
+                            "GGML_TYPE_Q3_0 and GGML_TYPE_TURBO2 are both 43")
+    assert "renumber the series' types after upstream's last id" in (e.value.hint or "")
+
+
+def test_type_count_must_follow_the_last_type(tmp_path: Path) -> None:
+    header = _ggml_h(tmp_path, GGML_H_OK.replace("GGML_TYPE_COUNT   = 45", "GGML_TYPE_COUNT   = 44"))
+    with pytest.raises(PatchError, match=r"GGML_TYPE_COUNT is 44, the largest type id is 44"):
+        patches.check_type_ids(tmp_path)
+    assert header.is_file()
+    _ggml_h(tmp_path / "noenum", "int x;\n")
+    with pytest.raises(PatchError, match="no `enum ggml_type` found"):
+        patches.check_type_ids(tmp_path / "noenum")
