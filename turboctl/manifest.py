@@ -1,12 +1,15 @@
 """The build manifest: what was built, from what, how, and what the binaries accept.
 
-Written as JSON (schema ``turboctl.manifest/2``) atomically into the build directory and
+Written as JSON (schema ``turboctl.manifest/3``) atomically into the build directory and
 copied to ``<home>/build/current-manifest.json``; other commands use :func:`load_current`
 and :func:`compare` (is this build still the pinned commit + current patch series?).
 
 Schema 2 added ``selftest`` (the backend self-test of the built binaries, see
-:mod:`turboctl.selftest`). A schema-1 manifest (written before the self-test existed) is
-still read: it becomes a schema-2 manifest whose self-test never ran.
+:mod:`turboctl.selftest`); schema 3 added ``selftest.fa_cases`` (the K/V pair, head dims and
+result of every FLASH_ATTN_EXT case, which the serving gate checks a model against) and
+``optional`` on the listed cases. Older manifests are still read: a schema-1 manifest becomes
+one whose self-test never ran, a schema-2 self-test one without ``fa_cases`` (None: the gate
+asks for ``turboctl selftest`` before it serves a turbo type by head dims).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from .patches import Series
 from .paths import Paths
 from .pins import Pin
 
-SCHEMA = "turboctl.manifest/2"
+SCHEMA = "turboctl.manifest/3"
+SCHEMA_V2 = "turboctl.manifest/2"
 SCHEMA_V1 = "turboctl.manifest/1"
 FILENAME = "turboctl-manifest.json"
 
@@ -91,9 +95,22 @@ class SelftestCase(_Model):
     params: str
     result: Literal["failed", "unsupported"]
     error: str = ""
+    optional: bool = Field(default=False, description=(
+        "a case outside the table of kernels the GPU backends must have (K/V head dims that "
+        "differ, an extra attention feature): not supported there does not fail the self-test"))
 
     def label(self) -> str:
         return f"{self.op}({self.params})"
+
+
+class FACase(_Model):
+    """One FLASH_ATTN_EXT case of the self-test: what the serving gate checks a model against."""
+
+    pair: str = Field(description="'K/V' cache types")
+    hsk: int = Field(description="K (and Q) head dim")
+    hsv: int = Field(description="V head dim")
+    result: Literal["passed", "failed", "unsupported"]
+    optional: bool = False
 
 
 class Selftest(_Model):
@@ -119,6 +136,9 @@ class Selftest(_Model):
         description="FLASH_ATTN_EXT cases per exact K/V pair, keyed 'K/V'")
     failing: list[SelftestCase]
     unsupported: list[SelftestCase]
+    fa_cases: list[FACase] | None = Field(default=None, description=(
+        "every FLASH_ATTN_EXT case (pair, head dims, result); None: recorded by a turboctl "
+        "that did not keep them (schema 2)"))
     log: str
     output: str = Field(description="the SQL document test-backend-ops wrote")
 
@@ -192,6 +212,10 @@ def load(path: Path) -> Manifest:
                           hint="run turboctl build to write it again") from exc
     if isinstance(raw, dict) and raw.get("schema") == SCHEMA_V1 and "selftest" not in raw:
         raw = {**raw, "schema": SCHEMA, "selftest": None}  # written before the self-test existed
+    elif isinstance(raw, dict) and raw.get("schema") == SCHEMA_V2:
+        record = raw.get("selftest")
+        if record is None or (isinstance(record, dict) and "fa_cases" not in record):
+            raw = {**raw, "schema": SCHEMA}  # its self-test kept no FLASH_ATTN_EXT head dims
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         found = raw.get("schema") if isinstance(raw, dict) else None
         raise ConfigError(f"{path}: manifest schema {found!r}, expected {SCHEMA!r}",

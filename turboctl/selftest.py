@@ -9,6 +9,14 @@ memory and summarised per op, per cache type and per FLASH_ATTN_EXT K/V pair.
 Status: ``pass`` (every case ran on the device and matched), ``fail`` (a case failed, or
 the device reported a case as not supported: on Metal or CUDA that means a silent CPU
 fallback), ``error`` (the run crashed, timed out, printed no SQL, or found no turbo case).
+
+Optional cases: a FLASH_ATTN_EXT case outside the table of kernels the GPU backends must
+have (``ggml-turbo/turbo-fa.h``: K/V pairs at head dims 64-512, K and V alike) -- K and V
+head dims that differ, or an extra feature (attention sinks, ALiBi, logit softcap) -- that
+the device reports as not supported does not fail the self-test. It is still recorded (every
+FLASH_ATTN_EXT case is kept with its pair, head dims and result), and the serving gate
+refuses a model whose layers would need it (:func:`turboctl.gate.check_kv_head_dims`).
+A failed optional case fails the self-test like any other.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from pathlib import Path
 from . import cmake, gitrepo, proc
 from .errors import SelftestFailed, ToolMissing
 from .kvconfig import TURBO_TYPES
-from .manifest import Manifest, Selftest, SelftestCase, SelftestCounts, now_iso
+from .manifest import FACase, Manifest, Selftest, SelftestCase, SelftestCounts, now_iso
 from .paths import Paths
 from .ui import UI
 
@@ -32,7 +40,11 @@ TARGET = cmake.SELFTEST_TARGET
 PARAMS_FILTER = "turbo"
 TIMEOUT_S = 900.0  # CPU: ~5 s; a first Metal run compiles its shader library
 _TYPE_PARAM = re.compile(r"(?:^|,)(type|type_src|type_dst|type_K|type_V)=([A-Za-z0-9_]+)")
+_PARAM = re.compile(r"(?:^|,)([A-Za-z_][A-Za-z0-9_]*)=(\[[^\]]*\]|[^,]*)")
 _FA = "FLASH_ATTN_EXT"
+# FLASH_ATTN_EXT parameters beyond the kernel table: (parameter, what it is); a case that
+# sets one to a non-zero value is optional
+FA_FEATURES = (("sinks", "attention sinks"), ("max_bias", "ALiBi"), ("logit_softcap", "logit softcap"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,44 @@ class CaseRow:
         if self.op == _FA and "type_K" in t and "type_V" in t:
             return f"{t['type_K']}/{t['type_V']}"
         return None
+
+    def param(self, name: str) -> str | None:
+        """The value of one op parameter as test-backend-ops prints it (``[2,1]`` for arrays)."""
+        for key, value in _PARAM.findall(self.params):
+            if key == name:
+                return str(value)
+        return None
+
+    def head_dims(self) -> tuple[int, int] | None:
+        """(hsk, hsv) of a FLASH_ATTN_EXT case (None for other ops or unreadable params)."""
+        hsk, hsv = self.param("hsk"), self.param("hsv")
+        if self.op != _FA or hsk is None or hsv is None:
+            return None
+        try:
+            return int(hsk), int(hsv)
+        except ValueError:
+            return None
+
+    def features(self) -> list[str]:
+        """The extra attention features a FLASH_ATTN_EXT case uses (sinks, ALiBi, softcap)."""
+        used = []
+        for name, what in FA_FEATURES:
+            value = self.param(name)
+            try:
+                if value is not None and float(value) != 0.0:
+                    used.append(what)
+            except ValueError:
+                used.append(what)  # unreadable: not the plain table case
+        return used
+
+    @property
+    def optional(self) -> bool:
+        """A FLASH_ATTN_EXT case outside the kernel table: K/V head dims that differ or an
+        extra feature (a GPU backend may report it as not supported)."""
+        if self.op != _FA:
+            return False
+        dims = self.head_dims()
+        return (dims is not None and dims[0] != dims[1]) or bool(self.features())
 
 
 class SqlError(ValueError):
@@ -125,6 +175,11 @@ class Summary:
     per_pair: dict[str, SelftestCounts]
     failing: list[SelftestCase]
     unsupported: list[SelftestCase]
+    fa_cases: list[FACase]
+
+    @property
+    def required_unsupported(self) -> list[SelftestCase]:
+        return [c for c in self.unsupported if not c.optional]
 
 
 def summarize(rows: list[CaseRow]) -> Summary:
@@ -141,7 +196,14 @@ def summarize(rows: list[CaseRow]) -> Summary:
 
     def cases(result: str) -> list[SelftestCase]:
         return [SelftestCase(op=r.op, params=r.params, result=r.result,  # type: ignore[arg-type]
-                             error=r.error) for r in rows if r.result == result]
+                             error=r.error, optional=r.optional) for r in rows if r.result == result]
+
+    fa_cases = []
+    for r in rows:
+        pair, dims = r.kv_pair(), r.head_dims()
+        if pair is not None and dims is not None:
+            fa_cases.append(FACase(pair=pair, hsk=dims[0], hsv=dims[1], result=r.result,  # type: ignore[arg-type]
+                                   optional=r.optional))
 
     return Summary(
         counts=_count(rows),
@@ -150,6 +212,7 @@ def summarize(rows: list[CaseRow]) -> Summary:
         per_pair={k: _count(v) for k, v in by_pair.items()},
         failing=cases("failed"),
         unsupported=cases("unsupported"),
+        fa_cases=fa_cases,
     )
 
 
@@ -173,12 +236,13 @@ def verdict(summary: Summary | None, *, returncode: int | None, timed_out: bool,
     if unreadable:
         return "error", f"{unreadable} unreadable line(s) in the SQL output of test-backend-ops"
     c = summary.counts
-    if c.failed or c.unsupported:
+    required_unsupported = len(summary.required_unsupported)
+    if c.failed or required_unsupported:
         parts = []
         if c.failed:
             parts.append(f"{c.failed} failed")
-        if c.unsupported:
-            parts.append(f"{c.unsupported} not supported on {device}")
+        if required_unsupported:
+            parts.append(f"{required_unsupported} not supported on {device}")
         return "fail", f"{', '.join(parts)} of {c.total} turbo cases"
     if returncode:
         return "fail", (f"every turbo case passed, but test-backend-ops exited with code {returncode} "
@@ -250,6 +314,7 @@ def run_binary(binary: Path, backend_name: str, paths: Paths, ui: UI, *, log: Pa
         per_pair=summary.per_pair if summary else {},
         failing=summary.failing if summary else [],
         unsupported=summary.unsupported if summary else [],
+        fa_cases=summary.fa_cases if summary else [],
         log=str(log), output=str(sql_path))
 
 
@@ -259,7 +324,10 @@ def describe(record: Selftest) -> str:
     if c.failed:
         text += f", {c.failed} failed"
     if c.unsupported:
+        optional = sum(1 for u in record.unsupported if u.optional)
         text += f", {c.unsupported} not supported"
+        if optional:
+            text += f" ({optional} of them optional)" if optional < c.unsupported else " (all optional)"
     text += f" ({record.duration_s:.1f} s, {record.when})"
     if record.status != "pass" and record.reason:
         text += f"; {record.reason}"
@@ -282,7 +350,8 @@ def report(record: Selftest, ui: UI) -> None:
         if cases:
             ui.info(f"{title} cases ({len(cases)}):")
             for case in cases[:20]:
-                ui.info(f"  {case.label()}" + (f": {case.error}" if case.error else ""))
+                ui.info(f"  {case.label()}" + (" (optional)" if case.optional else "")
+                        + (f": {case.error}" if case.error else ""))
             if len(cases) > 20:
                 ui.info(f"  ... and {len(cases) - 20} more (all in the manifest)")
 
@@ -292,7 +361,7 @@ def raise_if_failed(record: Selftest, *, context: str) -> None:
     holds ("the build finished and its manifest is written")."""
     if record.status == "pass":
         return
-    cases = [*record.failing, *record.unsupported]
+    cases = [*record.failing, *(c for c in record.unsupported if not c.optional)]
     shown = ", ".join(c.label() for c in cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
     what = "could not run to the end" if record.status == "error" else "failed"
     raise SelftestFailed(

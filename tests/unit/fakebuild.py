@@ -90,6 +90,22 @@ def edit_sql(text: str, op: str, params: str, *, supported: int, passed: int, er
     return "".join(out)
 
 
+def metal_like_sql(cpu_text: str) -> str:
+    """A CPU recording as the Metal backend reports it: the backend named MTL0, and every
+    FLASH_ATTN_EXT case whose K and V head dims differ "not supported" (Metal's supports_op
+    claims turbo pairs at dk == dv only: turbo_fa_head_dims_supported in turbo-fa.h). In
+    test-backend-ops such a row has supported = passed = 0 and the error "not supported"."""
+    out = []
+    for line in cpu_text.splitlines(keepends=True):
+        if line.startswith("INSERT INTO test_backend_ops"):
+            line = re.sub(r"^(.* VALUES \('[^']*', '[^']*', )'CPU', ", r"\1'MTL0', ", line)
+            dims = re.search(r"'FLASH_ATTN_EXT', 'hsk=(\d+),hsv=(\d+),", line)
+            if dims and dims.group(1) != dims.group(2):
+                line = line.replace("'test', '1', '1', ''", "'test', '0', '0', 'not supported'")
+        out.append(line)
+    return "".join(out)
+
+
 def _script(path: Path, body: str) -> None:
     path.write_text(f"#!{sys.executable}\n" + body % {"data": str(DATA / "bench")})
     path.chmod(0o755)
@@ -153,4 +169,5 @@ def record_from_sql(text: str, binary: Path, log: Path, *, backend: str = "cpu",
         when="2026-11-29T18:16:51+00:00", duration_s=3.6, status=status,  # type: ignore[arg-type]
         reason=reason, returncode=returncode, counts=summary.counts, per_op=summary.per_op,
         per_type=summary.per_type, per_pair=summary.per_pair, failing=summary.failing,
-        unsupported=summary.unsupported, log=str(log), output=str(log.with_suffix(".sql")))
+        unsupported=summary.unsupported, fa_cases=summary.fa_cases, log=str(log),
+        output=str(log.with_suffix(".sql")))

@@ -237,10 +237,10 @@ def test_selftest_checks_and_json_schema() -> None:
     checks = doctor.run_checks(p, paths)
     st = by_name(checks)["self-test"]
     assert st.status == "ok"
-    assert st.detail == "pass: 216/216 turbo cases passed on CPU (2026-11-29T18:16:51+00:00, 3.6 s)"
+    assert st.detail == "pass: 523/523 turbo cases passed on CPU (2026-11-29T18:16:51+00:00, 3.6 s)"
     doc = doctor.report(checks)
     jsonschema.validate(doc, schema)
-    assert doc["selftest"]["status"] == "pass" and doc["selftest"]["counts"]["total"] == 216
+    assert doc["selftest"]["status"] == "pass" and doc["selftest"]["counts"]["total"] == 523
     assert doc["selftest"]["stale"] is None
 
     text = edit_sql(SQL.read_text(), "GET_ROWS", "type=turbo2", supported=1, passed=0, error="compare failed")
@@ -248,7 +248,7 @@ def test_selftest_checks_and_json_schema() -> None:
     checks = doctor.run_checks(p, paths)
     st = by_name(checks)["self-test"]
     assert st.status == "warn" and not st.required  # non-turbo types still serve
-    assert st.detail.startswith("fail: 8 failed of 216 turbo cases (2026-11-29T18:16:51+00:00, 3.6 s); "
+    assert st.detail.startswith("fail: 8 failed of 523 turbo cases (2026-11-29T18:16:51+00:00, 3.6 s); "
                                 "cases: GET_ROWS(type=turbo2,n=128,")
     assert st.detail.endswith(" and 5 more; the turbo KV cache types are refused on this build (q8_0, q4_0 "
                               "still work)")

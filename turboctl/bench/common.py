@@ -39,11 +39,15 @@ def tool(m: manifest.Manifest, name: str) -> Path:
 
 
 def preflight(m: manifest.Manifest, model: Path, configs: Sequence[KVConfig]) -> ModelInfo:
-    """Refuse before anything starts: every configuration through the gate, then the model."""
+    """Refuse before anything starts: every configuration through the gate, then against the
+    model (its head dims), then through the gate again with the model's per-layer K/V head
+    dims (the self-test must have passed that pair at those head dims on this backend)."""
     info = inspect_model(model)
+    head_dims = gate.model_head_dims(info)
     for cfg in configs:
         gate.check_kv_types(m, cfg.type_k, cfg.type_v)
         check_model_kv(info, cfg)
+        gate.check_kv_head_dims(m, cfg.type_k, cfg.type_v, head_dims, model=model.name)
     return info
 
 
