@@ -136,10 +136,12 @@ def check_kv_consistency(res: dict[str, float]) -> None:
     assert int(res["seq_rm_pos_max"]) == 299, "seq_rm left cells of the removed positions"
     # removing the tail and decoding it again gives the same distributions
     assert res["kl_seq_rm"] <= 1e-6
-    # a correct K-shift costs about one more quantization of K: the order of the cache's own
-    # quantization noise plus what RoPE alone costs in f16; a broken one (RoPE applied in the
-    # rotated domain, or to part of a rotated head) scrambles K and lands far above
-    bound = 2.0 * res["kl_noise"] + 2.0 * res["kl_shift_f16"] + 1e-6
+    # a correct K-shift costs one more, independent quantization of K (about twice the K cache's
+    # own quantization noise) plus what the shift costs with an f16 K and the same V type; a
+    # broken one (RoPE applied in the rotated domain, or to part of a rotated head) scrambles K
+    # and lands far above (measured with such a broken build: 0.05-0.15 on the tiny models,
+    # where this bound is 0.0006-0.04)
+    bound = 3.0 * res["kl_noise"] + 3.0 * res["kl_shift_f16"] + 1e-6
     assert res["kl_shift"] <= bound, f"K-shift KL {res['kl_shift']:.6g} > {bound:.6g}"
     # cells whose position does not change come back bit for bit, however often the cache is
     # shifted (re-quantization is idempotent): no error after one shift, none after ten
