@@ -46,7 +46,13 @@ void turbo_quantize(device const float * src, device block_t & dst) {
     }
     block_t tmp;
     quantize_block(x, &tmp);
-    dst = tmp;
+    // byte copy to device memory (the blocks are byte arrays; no struct assignment across
+    // address spaces, which the Metal type check cannot model)
+    thread const uint8_t * s = (thread const uint8_t *) &tmp;
+    device uint8_t * d = (device uint8_t *) &dst;
+    for (short i = 0; i < (short) sizeof(block_t); ++i) {
+        d[i] = s[i];
+    }
 }
 
 // the names ggml's kernel templates are instantiated with
