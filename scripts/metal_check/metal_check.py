@@ -568,7 +568,8 @@ def units_for(tree: Path, layout: str, work: Path) -> tuple[list[Unit], list[str
                 made[kind] = lines
         for kind in libs:
             if kind not in made:
-                problems.append(f"embed: the host loads the library '{kind}' but CMakeLists.txt embeds no source for it")
+                problems.append(f"embed: the host loads the library '{kind}' "
+                                "but CMakeLists.txt embeds no source for it")
                 continue
             units.append(Unit(layout, kind, with_line_markers(rewrite(made[kind])), None, [],
                               [*base_defs, "GGML_METAL_EMBED_LIBRARY=1"]))
@@ -619,8 +620,8 @@ def units_for(tree: Path, layout: str, work: Path) -> tuple[list[Unit], list[str
             try:
                 flatten(path, search, set(), out)
             except IncludeError as e:
-                units.append(Unit(layout, kind, None, None, [], [], load_error=
-                                  f"{e.line.origin}:{e.line.lineno}: {e}"))
+                units.append(Unit(layout, kind, None, None, [], [],
+                                  load_error=f"{e.line.origin}:{e.line.lineno}: {e}"))
                 continue
             units.append(Unit(layout, kind, with_line_markers(rewrite(out)), None, [], list(base_defs)))
     else:
@@ -663,7 +664,7 @@ def _strip_as(ty: str) -> str:
     return re.sub(r"\s+", " ", ty).strip()
 
 
-def _gap_struct_assign(d: "Diag") -> bool:
+def _gap_struct_assign(d: Diag) -> bool:
     # `*y = *x;` for a C struct (a quant block, a kernel argument struct) in device or
     # threadgroup memory: the implicit operator= of a C++ class expects its object in the
     # default address space; Metal's C structs have no such restriction
@@ -671,17 +672,18 @@ def _gap_struct_assign(d: "Diag") -> bool:
             "(the implicit copy assignment operator) not viable: 'this' object is in address space" in d.text)
 
 
-def _gap_conditional(d: "Diag") -> bool:
+def _gap_conditional(d: Diag) -> bool:
     # `c ? v_in_device_memory : vec(...)`: clang finds no common type for an address-space
     # qualified class lvalue and a prvalue of the same class
-    m = re.match(r"incompatible operand types \('(.*?)'(?: \(aka '(.*?)'\))? and '(.*?)'(?: \(aka '(.*?)'\))?\)$", d.message)
+    m = re.match(r"incompatible operand types \('(.*?)'(?: \(aka '(.*?)'\))? and '(.*?)'(?: \(aka '(.*?)'\))?\)$",
+                 d.message)
     if not m:
         return False
     a, b = m.group(2) or m.group(1), m.group(4) or m.group(3)
     return "address_space" in a + b and _strip_as(a) == _strip_as(b)
 
 
-GAPS: list[tuple[str, Callable[["Diag"], bool]]] = [
+GAPS: list[tuple[str, Callable[[Diag], bool]]] = [
     ("struct-assign-in-address-space", _gap_struct_assign),
     ("conditional-on-address-space-lvalue", _gap_conditional),
 ]
@@ -851,10 +853,31 @@ def check_tree(tree: Path, layouts: Iterable[str], clang: str, jobs: int, only: 
             results += list(ex.map(lambda u: compile_unit(clang, u, tree.resolve(), tmp, cache), first))
             results += list(ex.map(lambda u: compile_unit(clang, u, tree.resolve(), tmp, cache), rest))
         results.sort(key=lambda r: (LAYOUTS.index(r.layout), r.kind))
+        problems += linkage_problems(results, tree)
         return Report(str(tree), results, problems, time.monotonic() - t0)
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def linkage_problems(results: list[Result], tree: Path) -> list[str]:
+    """A function with external linkage that is not inline, defined in a header that reaches
+    more than one library: each .air of a non-embedded build defines the symbol, and the
+    metallib that links them has it twice. (clang's -Wmissing-prototypes finds them.)"""
+    seen: dict[tuple[str, str, int], set[str]] = {}
+    names: dict[tuple[str, str, int], str] = {}
+    for r in results:
+        for w in r.warnings:
+            m = re.match(r"no previous prototype for function '([^']+)'", w.message)
+            if not m or w.file.endswith(".metal") or w.file.endswith(".metal.cpp"):
+                continue
+            key = (r.layout, relpath(w.file, tree), w.line)
+            seen.setdefault(key, set()).add(r.kind)
+            names[key] = m.group(1)
+    return [f"{layout}: {file}:{line}: '{names[(layout, file, line)]}' has external linkage and is not inline, "
+            f"in a header compiled into {len(kinds)} libraries ({', '.join(sorted(kinds))}): a metallib that links "
+            f"their .air files defines it twice; make it static inline (or inline)"
+            for (layout, file, line), kinds in sorted(seen.items()) if len(kinds) > 1]
 
 
 def new_gaps(report: Report, tree: Path, base: Report, base_tree: Path) -> list[Diag]:
