@@ -137,7 +137,8 @@ FAULTS = [
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f[0] for f in FAULTS])
 def test_injected_faults_are_caught(mc: ModuleType, clang: str, trees: tuple[Path, Path], cache: dict[str, Any],
-                                    tmp_path: Path, fault: tuple[str, str, str, str, list[str], list[str], bool]) -> None:
+                                    tmp_path: Path,
+                                    fault: tuple[str, str, str, str, list[str], list[str], bool]) -> None:
     name, rel, old, new, only, layouts, caught = fault
     base, patched = trees
     tree = tmp_path / "tree"
