@@ -143,7 +143,8 @@ def claims(src: Path, build: Path, tmp: Path) -> dict[str, bool]:
     assert libs, f"no libggml-base.so under {build}"
     exe = tmp / "supports-op"
     res = subprocess.run([cc, "-std=c11", "-O0", "-w", "-I", str(src / "ggml" / "include"),
-                          "-I", str(src / "ggml" / "src"), "-I", str(metal), str(c), "-o", str(exe), "-L", str(libs[0].parent), "-lggml-base",
+                          "-I", str(src / "ggml" / "src"), "-I", str(metal), str(c), "-o", str(exe),
+                          "-L", str(libs[0].parent), "-lggml-base",
                           f"-Wl,-rpath,{libs[0].parent}"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
