@@ -552,12 +552,16 @@ def runtime_libraries(metal_dir: Path) -> list[str]:
     return re.findall(r"X\(\s*\w+\s*,\s*(\w+)\s*\)", m.group(1))
 
 
-def units_for(tree: Path, layout: str, work: Path) -> tuple[list[Unit], list[str]]:
+DEFAULT_DEFINES = ("__METAL_VERSION__=320", "__METAL_MACOS__", "GGML_METAL_HAS_BF16=1")
+
+
+def units_for(tree: Path, layout: str, work: Path,
+              defines: Iterable[str] = DEFAULT_DEFINES) -> tuple[list[Unit], list[str]]:
     """Translation units of one layout, and layout-level problems (each one an error)."""
     metal_dir = metal_dir_of(tree)
     problems: list[str] = []
     libs = runtime_libraries(metal_dir)
-    base_defs = ["__METAL_VERSION__=320", "__METAL_MACOS__", "GGML_METAL_HAS_BF16=1"]
+    base_defs = list(defines)
     units: list[Unit] = []
     if layout == "embed":
         res = replay_cmake(metal_dir, True, work / "bin", work / "build")
@@ -830,7 +834,8 @@ class Report:
 
 
 def check_tree(tree: Path, layouts: Iterable[str], clang: str, jobs: int, only: set[str] | None,
-               keep: Path | None = None, cache: dict[str, tuple[str, float]] | None = None) -> Report:
+               keep: Path | None = None, cache: dict[str, tuple[str, float]] | None = None,
+               defines: Iterable[str] = DEFAULT_DEFINES) -> Report:
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="metal-check-")) if keep is None else keep
     work.mkdir(parents=True, exist_ok=True)
@@ -839,7 +844,7 @@ def check_tree(tree: Path, layouts: Iterable[str], clang: str, jobs: int, only: 
         units: list[Unit] = []
         problems: list[str] = []
         for layout in layouts:
-            u, p = units_for(tree, layout, work / layout)
+            u, p = units_for(tree, layout, work / layout, defines)
             units += [x for x in u if only is None or x.kind in only]
             problems += p
         tmp = work / "tu"
@@ -915,17 +920,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated library names (e.g. quantize,fa_aux)")
     ap.add_argument("--json", type=Path, help="write the full report here")
     ap.add_argument("--keep", type=Path, help="keep the generated layouts and translation units here")
+    ap.add_argument("--metal-version", type=int, default=320, help="the value of __METAL_VERSION__ (default 320)")
+    ap.add_argument("--no-bf16", action="store_true", help="leave GGML_METAL_HAS_BF16 undefined (no bfloat device)")
     a = ap.parse_args(argv)
     layouts = list(LAYOUTS) if a.layout == "all" else [a.layout]
     only = set(a.only.split(",")) if a.only else None
     try:
         clang = find_clang(a.clang)
         cache: dict[str, tuple[str, float]] = {}
-        rep = check_tree(a.tree, layouts, clang, a.jobs, only, a.keep, cache)
+        defines = [f"__METAL_VERSION__={a.metal_version}", "__METAL_MACOS__",
+                   *([] if a.no_bf16 else ["GGML_METAL_HAS_BF16=1"])]
+        rep = check_tree(a.tree, layouts, clang, a.jobs, only, a.keep, cache, defines)
         extra: list[Diag] = []
         base_rep = None
         if a.base is not None:
-            base_rep = check_tree(a.base, layouts, clang, a.jobs, only, None, {})
+            base_rep = check_tree(a.base, layouts, clang, a.jobs, only, None, {}, defines)
             extra = new_gaps(rep, a.tree, base_rep, a.base)
     except SetupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -98,6 +98,24 @@ def test_upstream_and_patched_kernels_type_check_in_every_layout(
     print(f"\n[metal-check] upstream + patched, 3 layouts each: {seconds:.0f} s")
 
 
+def test_turbo_libraries_type_check_on_older_metal_and_without_bfloat(
+        mc: ModuleType, clang: str, trees: tuple[Path, Path], cache: dict[str, Any]) -> None:
+    """The other preprocessor branches of the turbo code: MSL 3.1 (no fp math_mode pragma) and
+    3.0 (no bfloat), and a device without bfloat, in every layout."""
+    base, patched = trees
+    libs = {"quantize", "fa_aux", "fa_vec_turbo"}
+    for defines in (["__METAL_VERSION__=310", "__METAL_MACOS__", "GGML_METAL_HAS_BF16=1"],
+                    ["__METAL_VERSION__=300", "__METAL_MACOS__"],
+                    ["__METAL_VERSION__=320", "__METAL_MACOS__"]):
+        rb = mc.check_tree(base, mc.LAYOUTS, clang, 2, libs, cache=cache, defines=defines)
+        rep = mc.check_tree(patched, mc.LAYOUTS, clang, 2, libs, cache=cache, defines=defines)
+        errors = [f"{r.layout} {r.kind}: {mc.relpath(e.file, patched)}:{e.line}: {e.message}"
+                  for r in rep.results for e in r.errors] + [r.load_error for r in rep.results if r.load_error]
+        assert not errors and not rep.problems, (defines, errors[:10], rep.problems)
+        assert not mc.new_gaps(rep, patched, rb, base), defines
+        print(f"\n[metal-check] {' '.join(defines)}: turbo libraries pass in {len(rep.results)} units", end="")
+
+
 # (name, file under ggml/src, text, replacement, libraries to check, layouts, caught?)
 FAULTS = [
     ("mismatched block type in an instantiation", "ggml-metal/kernels/quantize.metal",
