@@ -22,13 +22,14 @@
 #endif
 
 #if defined(__METAL_VERSION__)
+#  include <metal_stdlib>
 #  define TURBO_INLINE static inline
 #  define TURBO_DEV    device
 #  define TURBO_THR    thread
 #  define TURBO_CST    constant
-#  define TURBO_FABS(x) fabs(x)
+#  define TURBO_FABS(x) metal::fabs(x)
 #  define TURBO_INF    INFINITY
-#  define TURBO_FLOAT_BITS(x) as_type<uint>(x)
+#  define TURBO_FLOAT_BITS(x) metal::as_type<uint>(x)
 #else
 #  include <math.h>
 #  include <string.h>
