@@ -2,6 +2,7 @@
 // Vector (decode) flash-attention kernels of the TurboQuant KV cache types.
 #include "common.h"
 #include "dequantize.h"
+#include "ggml-turbo/turbo-metal.h"
 #include "fa_vec_common.metal"
 
 #define FA_TYPES \

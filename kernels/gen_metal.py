@@ -6,7 +6,10 @@ named by that header's rule (the host code asks for exactly these names).
 The prefill path needs no instances of its own: for TurboQuant pairs the host dequantizes
 K and V to F16 (kernel_flash_attn_ext_kv_<type>_f16) and runs the F16 kernels.
 
-usage: gen_metal.py [--check]
+BASELINE_NE below is a hand copy of upstream's tuning table (fa_vec_baseline_ne() in
+ggml/src/ggml-metal/ggml-metal-tuning.cpp); `--tree DIR` checks it against a llama.cpp tree.
+
+usage: gen_metal.py [--check] [--tree LLAMA_CPP_TREE]
 """
 from __future__ import annotations
 
@@ -34,6 +37,41 @@ READERS = {
 BASELINE_NE = {64: 2, 128: 1, 256: 1, 512: 1}
 
 
+TUNING = "ggml/src/ggml-metal/ggml-metal-tuning.cpp"
+
+
+def tree_baseline_ne(tree: Path) -> dict[tuple[int, int], int]:
+    """fa_vec_baseline_ne() of a llama.cpp tree: {(dk, dv): ne}, plus (0, 0) for its default."""
+    path = tree / TUNING
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SystemExit(f"{path}: {e.strerror}") from None
+    m = re.search(r"\bint\s+fa_vec_baseline_ne\s*\(\s*int\s+dk\s*,\s*int\s+dv\s*\)\s*\{(.*?)\n\}", text, re.S)
+    if not m:
+        raise SystemExit(f"{path}: cannot find fa_vec_baseline_ne(int dk, int dv)")
+    body = m.group(1)
+    out = {(int(dk), int(dv)): int(ne) for dk, dv, ne in re.findall(
+        r"if\s*\(\s*dk\s*==\s*(\d+)\s*&&\s*dv\s*==\s*(\d+)\s*\)\s*\{\s*return\s+(\d+)\s*;\s*\}", body)}
+    default = re.findall(r"\n\s*return\s+(\d+)\s*;[^\n]*$", body)
+    if not out or not default:
+        raise SystemExit(f"{path}: fa_vec_baseline_ne() does not have the expected if/return shape")
+    out[(0, 0)] = int(default[-1])
+    return out
+
+
+def baseline_mismatches(tree: Path) -> list[str]:
+    """Head dims whose BASELINE_NE differs from the tree's fa_vec_baseline_ne(d, d)."""
+    table = tree_baseline_ne(tree)
+    _, dims = pairs_and_dims()
+    out = []
+    for d in dims:
+        want = table.get((d, d), table[(0, 0)])
+        if BASELINE_NE.get(d) != want:
+            out.append(f"head dim {d}: gen_metal.py has NE {BASELINE_NE.get(d)}, {TUNING} has {want}")
+    return out
+
+
 def pairs_and_dims() -> tuple[list[tuple[str, str]], list[int]]:
     text = HEADER.read_text()
     body = re.search(r"turbo_fa_pairs\[\]\[2\]\s*=\s*\{(.*?)\};", text, re.S)
@@ -56,6 +94,7 @@ def render() -> str:
         "// Vector (decode) flash-attention kernels of the TurboQuant KV cache types.",
         '#include "common.h"',
         '#include "dequantize.h"',
+        '#include "ggml-turbo/turbo-metal.h"',
         '#include "fa_vec_common.metal"',
         "",
         "#define FA_TYPES \\",
@@ -85,7 +124,13 @@ def render() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="exit 1 if the committed file differs")
+    ap.add_argument("--tree", type=Path, help="check BASELINE_NE against this llama.cpp tree and exit")
     args = ap.parse_args()
+    if args.tree is not None:
+        bad = baseline_mismatches(args.tree)
+        for line in bad:
+            print(line, file=sys.stderr)
+        return 1 if bad else 0
     text = render()
     if args.check:
         if not OUT.exists() or OUT.read_text() != text:

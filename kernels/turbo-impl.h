@@ -2,37 +2,56 @@
 // backend. The scalar reference (turbo-ref.c) and the Metal kernels (turbo-metal.h) both
 // compile this same code; the CPU SIMD kernels reproduce it bit for bit (tested).
 //
-// Plain C99 that is also valid Metal Shading Language: no library calls beyond fabs /
-// isfinite, no memcpy, address spaces through TURBO_DEV (where blocks are read from) and
+// Plain C99 that is also valid Metal Shading Language: no library calls beyond fabs, no
+// memcpy on Metal, address spaces through TURBO_DEV (where blocks are read from) and
 // TURBO_THR (thread-local work arrays).
+//
+// Metal: every function here is `static inline` (internal linkage: the header is compiled
+// into several Metal libraries and .air files); finiteness is a bit test (fast math may fold
+// isfinite() to true); the exact-math pragma exists from MSL 3.2 on and is only used there.
+// The library that quantizes (quantize.metal) is compiled with fast math off by the host
+// (kernels/README.md, "Metal").
 #pragma once
 
-#include "turbo.h"
+#include "ggml-turbo/turbo.h"
 
-// Metal compiles with fast math by default; the quantizer's arithmetic must be exact IEEE
-// single precision (no reassociation or contraction) to reproduce the reference's choices
-#if defined(__METAL_VERSION__)
+#if defined(__METAL_VERSION__) && __METAL_VERSION__ >= 320
 #  define TURBO_EXACT_MATH _Pragma("METAL fp math_mode(safe)")
 #else
 #  define TURBO_EXACT_MATH
 #endif
 
 #if defined(__METAL_VERSION__)
-#  define TURBO_INLINE inline
+#  include <metal_stdlib>
+#  define TURBO_INLINE static inline
 #  define TURBO_DEV    device
 #  define TURBO_THR    thread
 #  define TURBO_CST    constant
-#  define TURBO_FABS(x) fabs(x)
+#  define TURBO_FABS(x) metal::fabs(x)
 #  define TURBO_INF    INFINITY
+#  define TURBO_FLOAT_BITS(x) metal::as_type<uint>(x)
 #else
 #  include <math.h>
+#  include <string.h>
 #  define TURBO_INLINE static inline
 #  define TURBO_DEV
 #  define TURBO_THR
 #  define TURBO_CST
 #  define TURBO_FABS(x) fabsf(x)
 #  define TURBO_INF    INFINITY
+static inline uint32_t turbo_float_bits_impl(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof(u));
+    return u;
+}
+#  define TURBO_FLOAT_BITS(x) turbo_float_bits_impl(x)
 #endif
+
+// finite <=> the exponent bits are not all ones (an integer test that no float
+// optimization can remove)
+TURBO_INLINE int turbo_is_finite_impl(float x) {
+    return (TURBO_FLOAT_BITS(x) & 0x7F800000u) != 0x7F800000u;
+}
 
 // smallest b in [1, 255] with d(b) * 127 >= amax (turbo_thr is increasing); 255 if none
 TURBO_INLINE int turbo_first_scale_impl(float amax) {
@@ -113,7 +132,7 @@ TURBO_INLINE uint8_t turbo_quantize_sub_impl(TURBO_THR const float * x, TURBO_CS
 // NaN and +-Inf are quantized as 0
 TURBO_INLINE void turbo_sanitize_impl(TURBO_THR float * x, int n) {
     for (int i = 0; i < n; ++i) {
-        x[i] = isfinite(x[i]) ? x[i] : 0.0f;
+        x[i] = turbo_is_finite_impl(x[i]) ? x[i] : 0.0f;
     }
 }
 

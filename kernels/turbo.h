@@ -18,7 +18,10 @@
 // Bits per value including scales: 4.25, 3.25, 2.25.
 #pragma once
 
-#include "turbo-codebooks.h"
+// Codec headers include each other by their path under ggml/src (the include root every
+// consumer shares: ggml-base, ggml-cpu, and all three Metal source layouts; see
+// kernels/README.md, "Metal").
+#include "ggml-turbo/turbo-codebooks.h"
 
 #if !defined(__METAL_VERSION__)
 #include <stddef.h>

@@ -117,30 +117,61 @@ def test_every_requested_turbo_kernel_exists_and_every_instance_is_reachable(tre
     print(f"\n[metal] {len(want)} TurboQuant kernel names requested by the host, all instantiated")
 
 
-def test_codec_headers_reach_the_embedded_library_once_and_in_order(tree: Path) -> None:
-    """Replay the CMake embedding (cat + sed) for the sources that dequantize."""
-    metal = tree / "ggml" / "src" / "ggml-metal"
-    cmake = (metal / "CMakeLists.txt").read_text()
-    m = re.search(r"set\(METALLIB_KERNELS_TURBO\s+(.*?)\)", cmake, re.S)
-    assert m
-    headers = [metal / h.strip().strip('"').replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")
-               for h in m.group(1).split() if h.strip()]
-    assert [h.name for h in headers] == ["turbo-codebooks.h", "turbo.h", "turbo-impl.h", "turbo-metal.h"]
-    assert '"/\\#include \\"turbo[a-z-]*.h\\"/d"' in cmake
-    drop = re.compile(r'#include "(common\.h|dequantize\.h|quantize\.h|fa_common\.metal|fa_vec_common\.metal'
-                      r'|turbo[a-z-]*\.h)"|#pragma once')
-    parts = [(metal / "kernels" / "common.h").read_text()]
-    parts += [h.resolve().read_text() for h in headers]
-    parts.append((metal / "kernels" / "dequantize.h").read_text())
-    for src in ("quantize.metal", "fa_aux.metal", "fa_vec_turbo.metal"):
-        text = "\n".join([*parts, (metal / "kernels" / src).read_text()])
-        text = "\n".join(ln for ln in text.splitlines() if not drop.search(ln))
-        assert '#include "turbo' not in text
-        assert text.count("typedef struct {\n    uint8_t e[QK_TURBO / TURBO_QK_SUB];  // scale bytes") == 1
-        uses = "quantize_turbo4>" if src == "quantize.metal" else "void quantize_turbo4("
+def load_checker():  # type: ignore[no-untyped-def]
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "metal_check" / "metal_check.py"
+    spec = importlib.util.spec_from_file_location("metal_check", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["metal_check"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TURBO_LIBS = {"quantize", "fa_aux", "fa_vec_turbo"}
+
+
+@pytest.mark.parametrize("layout", ["embed", "src"])
+def test_codec_reaches_only_the_libraries_that_use_it_once_and_in_order(tree: Path, layout: str,
+                                                                         tmp_path: Path) -> None:
+    """Replay the CMake embed recipe (cat + sed, as CMakeLists.txt says) and the run-time
+    flattening of the source tree: the codec is in exactly the three libraries that use the
+    turbo types, once, before its first use; no other Metal library compiles any of it."""
+    mc = load_checker()
+    units, problems = mc.units_for(tree, layout, tmp_path)
+    assert not problems, problems
+    assert not [u.load_error for u in units if u.load_error]
+    have = set()
+    for u in units:
+        text = "\n".join(ln for ln in u.text.splitlines() if not ln.startswith("#line "))
+        n = text.count("} block_turbo4;")
+        if u.kind not in TURBO_LIBS:
+            assert n == 0 and "turbo_scale" not in text, f"{layout}: the codec reaches {u.kind}"
+            continue
+        have.add(u.kind)
+        assert n == 1, (layout, u.kind, n)
+        assert '#include "ggml-turbo' not in text
+        uses = "quantize_turbo4>" if u.kind == "quantize" else "dequantize_turbo4"
         for first, then in (("turbo_cb4[16]", "turbo4_value_impl"), ("} block_turbo4;", "dequantize_turbo4("),
                             ("void quantize_turbo4(", uses)):
-            assert text.index(first) <= text.index(then), (src, first, then)
+            assert text.index(first) <= text.rindex(then), (layout, u.kind, first, then)
+    assert have == TURBO_LIBS
+
+
+def test_bin_layout_copies_the_codec_where_its_includes_resolve(tree: Path, tmp_path: Path) -> None:
+    """GGML_METAL_EMBED_LIBRARY=OFF: the codec headers go to bin/ggml-turbo/ (the includes
+    say "ggml-turbo/<name>", compiled with -I bin), quantize.air is compiled without fast math."""
+    mc = load_checker()
+    res = mc.replay_cmake(tree / "ggml" / "src" / "ggml-metal", False, tmp_path / "bin", tmp_path / "build")
+    dests = {str(d.relative_to(tmp_path / "bin")) for _, d in res.copies}
+    for name in ("turbo-codebooks.h", "turbo.h", "turbo-impl.h", "turbo-metal.h"):
+        assert f"ggml-turbo/{name}" in dests
+    compiles = {Path(a[a.index("-c") + 1]).stem: a
+                for c in res.custom for a in c.commands if "metal" in a and "-c" in a}
+    assert "-fno-fast-math" in compiles["quantize"] and "-fno-fast-math" not in compiles["mul_mv"]
+    assert str(tmp_path / "bin") in compiles["quantize"]
 
 
 def test_self_test_cases_cover_the_pair_table(tree: Path) -> None:
@@ -148,3 +179,17 @@ def test_self_test_cases_cover_the_pair_table(tree: Path) -> None:
     text = (tree / "tests" / "test-backend-ops.cpp").read_text()
     assert '#include "../ggml/src/ggml-turbo/turbo-fa.h"' in text
     assert "turbo_fa_pairs[ip][0]" in text and "turbo_fa_head_dims" in text
+
+
+def test_gen_metal_baseline_ne_matches_the_pinned_tuning_table(tree: Path) -> None:
+    """kernels/gen_metal.py's hand copy of fa_vec_baseline_ne() (ggml-metal-tuning.cpp)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "kernels" / "gen_metal.py"
+    spec = importlib.util.spec_from_file_location("gen_metal", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    table = mod.tree_baseline_ne(tree)
+    assert (128, 128) in table and (0, 0) in table
+    assert mod.baseline_mismatches(tree) == []

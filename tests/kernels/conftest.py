@@ -6,6 +6,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,19 @@ import pytest
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 SOURCES = [KERNELS / "turbo-ref.c", KERNELS / "turbo-cpu.c"]
 BASE_FLAGS = ["-std=c11", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"]
+
+_include_root: list[Path] = []
+
+
+def include_flags() -> list[str]:
+    """-I flags that compile kernels/ the way the patched tree does: the codec headers include
+    each other as "ggml-turbo/<name>" (a path under ggml/src), so a temporary include root
+    holds a `ggml-turbo` link to kernels/."""
+    if not _include_root:
+        root = Path(tempfile.mkdtemp(prefix="turbo-include-"))
+        (root / "ggml-turbo").symlink_to(KERNELS, target_is_directory=True)
+        _include_root.append(root)
+    return ["-I", str(KERNELS), "-I", str(_include_root[0])]
 
 
 def cc() -> str:
@@ -97,7 +111,7 @@ def has_simd_quantizer(binary: Path, isa: str, objdump: str = "objdump") -> bool
 
 def _build(tmp: Path, name: str, extra: list[str]) -> Path:
     out = tmp / f"libturbo-{name}.so"
-    cmd = [cc(), *BASE_FLAGS, *extra, "-I", str(KERNELS), *map(str, SOURCES), "-o", str(out), "-lm"]
+    cmd = [cc(), *BASE_FLAGS, *extra, *include_flags(), *map(str, SOURCES), "-o", str(out), "-lm"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise AssertionError(f"compiling the codec failed:\n{' '.join(cmd)}\n{res.stderr}")

@@ -22,4 +22,3 @@ struct float4x4 {
     const float4 & operator[](int i) const { return c[i]; }
 };
 
-using std::isfinite;

@@ -265,7 +265,7 @@ def test_under_address_sanitizer(kernel_build_dir, variant: str) -> None:  # typ
     """Every entry point on exactly-sized heap buffers, under ASan + UBSan."""
     import subprocess
 
-    from tests.kernels.conftest import KERNELS, SOURCES, cc, has_avx2
+    from tests.kernels.conftest import KERNELS, SOURCES, cc, has_avx2, include_flags
 
     if variant == "avx2" and not has_avx2():
         pytest.skip("this CPU has no AVX2")
@@ -275,7 +275,7 @@ def test_under_address_sanitizer(kernel_build_dir, variant: str) -> None:  # typ
     if variant == "avx2":
         flags += ["-mavx2", "-mfma", "-mf16c"]
     src = [str(s) for s in SOURCES] + [str(KERNELS.parent / "tests" / "kernels" / "asan_check.c")]
-    res = subprocess.run([cc(), *flags, "-I", str(KERNELS), *src, "-o", str(exe), "-lm"], capture_output=True, text=True)
+    res = subprocess.run([cc(), *flags, *include_flags(), *src, "-o", str(exe), "-lm"], capture_output=True, text=True)
     if res.returncode != 0 and "sanitize" in res.stderr:
         pytest.skip(f"the compiler has no sanitizer runtime: {res.stderr.strip()[:200]}")
     assert res.returncode == 0, res.stderr
@@ -291,14 +291,14 @@ def test_neon_kernels_under_qemu(kernel_build_dir) -> None:  # type: ignore[no-u
     import shutil
     import subprocess
 
-    from tests.kernels.conftest import KERNELS, SOURCES
+    from tests.kernels.conftest import KERNELS, SOURCES, include_flags
 
     gcc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
     if not gcc or not qemu:
         pytest.skip("aarch64-linux-gnu-gcc and qemu-aarch64 are needed (Debian: gcc-aarch64-linux-gnu qemu-user)")
     exe = kernel_build_dir / "neon-check"
     src = [str(s) for s in SOURCES] + [str(KERNELS.parent / "tests" / "kernels" / "asan_check.c")]
-    res = subprocess.run([gcc, "-std=c11", "-O2", "-ffp-contract=off", "-static", "-I", str(KERNELS), *src,
+    res = subprocess.run([gcc, "-std=c11", "-O2", "-ffp-contract=off", "-static", *include_flags(), *src,
                           "-o", str(exe), "-lm"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     run = subprocess.run([qemu, str(exe)], capture_output=True, text=True, timeout=300)
@@ -314,7 +314,7 @@ def test_metal_helpers_match_the_reference_on_the_host(kernel_build_dir) -> None
     import shutil
     import subprocess
 
-    from tests.kernels.conftest import KERNELS, cc
+    from tests.kernels.conftest import KERNELS, cc, include_flags
 
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if not cxx:
@@ -322,11 +322,11 @@ def test_metal_helpers_match_the_reference_on_the_host(kernel_build_dir) -> None
     tests_dir = KERNELS.parent / "tests" / "kernels"
     obj = kernel_build_dir / "turbo-ref-for-metal-check.o"
     exe = kernel_build_dir / "metal-host-check"
-    res = subprocess.run([cc(), "-std=c11", "-O2", "-ffp-contract=off", "-c", "-I", str(KERNELS),
+    res = subprocess.run([cc(), "-std=c11", "-O2", "-ffp-contract=off", "-c", *include_flags(),
                           str(KERNELS / "turbo-ref.c"), "-o", str(obj)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     res = subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
-                          "-I", str(KERNELS), "-I", str(tests_dir), str(tests_dir / "metal_host_check.cpp"), str(obj),
+                          *include_flags(), "-I", str(tests_dir), str(tests_dir / "metal_host_check.cpp"), str(obj),
                           "-o", str(exe)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
