@@ -34,8 +34,18 @@ FILES = {
     "turbo-cpu.c": DEST,
     "turbo-fa.h": DEST,
 }
-# compiled by the Metal backend only: added by the Metal patch (patches/0008-...), not here
-METAL_PATCH = ROOT / "patches" / "0008-ggml-metal-TurboQuant-KV-cache-types.patch"
+# compiled by the Metal backend only: added by the Metal patch (patches/NNNN-ggml-metal-...), not here
+METAL_PATCH_GLOB = "[0-9][0-9][0-9][0-9]-ggml-metal-TurboQuant-KV-cache-types.patch"
+
+
+def metal_patch() -> Path:
+    """The Metal patch of the series (its number changes as patches are added before it)."""
+    found = sorted((ROOT / "patches").glob(METAL_PATCH_GLOB))
+    if len(found) != 1:
+        raise SystemExit(f"patches/: expected one {METAL_PATCH_GLOB}, found {[f.name for f in found]}")
+    return found[0]
+
+
 METAL_ONLY = {
     "turbo-metal.h": DEST,
     "fa_vec_turbo.metal": "ggml/src/ggml-metal/kernels",

@@ -44,13 +44,13 @@ def new_files(patch: str) -> dict[str, bytes]:
 
 def test_metal_only_files_are_in_the_metal_patch_byte_for_byte() -> None:
     mcp = make_codec_patch()
-    metal = new_files(mcp.METAL_PATCH.read_text())
+    metal = new_files(mcp.metal_patch().read_text())
     assert mcp.METAL_ONLY, "no Metal-only file declared"
     for name, dest in mcp.METAL_ONLY.items():
         path = f"{dest}/{name}"
-        assert path in metal, f"{mcp.METAL_PATCH.name} does not add {path}"
+        assert path in metal, f"{mcp.metal_patch().name} does not add {path}"
         assert metal[path] == (ROOT / "kernels" / name).read_bytes(), (
-            f"{path} in {mcp.METAL_PATCH.name} differs from kernels/{name}: copy kernels/{name} into the tree, "
+            f"{path} in {mcp.metal_patch().name} differs from kernels/{name}: copy kernels/{name} into the tree, "
             "commit it into the Metal patch and re-export the series")
 
 
@@ -66,7 +66,7 @@ def test_codec_patch_has_no_metal_only_file() -> None:
 def test_patch_parser_sees_a_stale_copy(tmp_path: Path) -> None:
     """The check fails when the patch's copy is not kernels/ (an edit made in the tree only)."""
     mcp = make_codec_patch()
-    text = mcp.METAL_PATCH.read_text()
+    text = mcp.metal_patch().read_text()
     name, dest = next(iter(mcp.METAL_ONLY.items()))
     path = f"{dest}/{name}"
     original = new_files(text)[path]
