@@ -122,6 +122,18 @@ def parse_cache_types(help_text: str) -> list[str]:
     return []
 
 
+def cache_types_problem(help_text: str) -> str:
+    """Why :func:`parse_cache_types` found no values in this ``--help`` output."""
+    lines = help_text.splitlines()
+    if not help_text.strip():
+        return "its --help output is empty"
+    at = next((i for i, line in enumerate(lines) if "--cache-type-k" in line), None)
+    if at is None:
+        return f"its --help output has no --cache-type-k option ({len(lines)} line(s))"
+    return (f"its --help output has no \"allowed values:\" line under --cache-type-k (line {at + 1}: "
+            f"{lines[at].strip()!r})")
+
+
 def parse_version(output: str) -> list[str]:
     return [ln.strip() for ln in output.splitlines()
             if ln.strip().startswith(("version:", "built with"))]
@@ -140,8 +152,12 @@ def verify(plan: BuildPlan, log: Path) -> tuple[dict[str, manifest.BinaryInfo], 
     helped = proc.run([str(server), "--help"], log=log, timeout=120, error=VerificationError,
                       what="llama-server --help", echo=False)
     types = parse_cache_types(helped.output)
+    if not types:
+        raise VerificationError(f"{server} lists no KV cache types: {cache_types_problem(helped.output)}",
+                                hint="the binary is not a llama-server of the pinned llama.cpp; run turboctl "
+                                     "build --force", log_path=log, details=proc.relevant_lines(helped.lines))
     missing = [t for t in plan.pin.llama_cpp.cache_types if t not in types]
-    if not types or missing:
+    if missing:
         raise VerificationError(
             f"{server} --help does not list the expected KV cache types "
             f"(found: {', '.join(types) or 'none'}; missing: {', '.join(missing)})",

@@ -120,34 +120,43 @@ class SqlError(ValueError):
     pass
 
 
-def parse_sql(text: str) -> tuple[list[CaseRow], int]:
+def parse_sql(text: str, problems: list[str] | None = None) -> tuple[list[CaseRow], int]:
     """The test-mode rows of a ``test-backend-ops --output sql`` document, and the number of
-    statements that could not be read (a run cut short leaves a truncated last line).
+    statements that could not be read (a run cut short leaves a truncated last line); each
+    of those is described in ``problems`` when given ("line 31: ...").
 
     Statements are executed one by one, so one broken line does not hide the others; lines
     that start no statement (other output on stdout) are ignored."""
     db = sqlite3.connect(":memory:")
     bad = 0
+    found = problems if problems is not None else []
     try:
         buffer = ""
-        for line in text.splitlines(keepends=True):
+        start = 0
+        for number, line in enumerate(text.splitlines(keepends=True), 1):
             if not buffer and not line.lstrip().upper().startswith(("CREATE ", "INSERT ")):
                 continue
+            if not buffer:
+                start = number
             buffer += line
             if sqlite3.complete_statement(buffer):
                 try:
                     db.execute(buffer)
-                except sqlite3.Error:
+                except sqlite3.Error as exc:
                     bad += 1
+                    found.append(f"line {start}: {exc}")
                 buffer = ""
         if buffer.strip():
             bad += 1
+            found.append(f"line {start}: the output ends inside this statement (cut short)")
         try:
             rows = db.execute(
                 "SELECT backend_name, op_name, op_params, supported, passed, error_message "
                 "FROM test_backend_ops WHERE test_mode = 'test'").fetchall()
         except sqlite3.Error as exc:
-            raise SqlError("no test_backend_ops table in the SQL output") from exc
+            what = ("the output is empty" if not text.strip()
+                    else "no test_backend_ops table in the SQL output (no CREATE TABLE statement)")
+            raise SqlError(what) from exc
     finally:
         db.close()
     cases = [CaseRow(str(b), str(op), str(params), bool(int(s or 0)), bool(int(p or 0)), str(err or ""))
@@ -217,7 +226,8 @@ def summarize(rows: list[CaseRow]) -> Summary:
 
 
 def verdict(summary: Summary | None, *, returncode: int | None, timed_out: bool, timeout: float,
-            device: str, problem: str | None = None, unreadable: int = 0) -> tuple[str, str]:
+            device: str, problem: str | None = None, unreadable: int = 0,
+            unreadable_first: str | None = None) -> tuple[str, str]:
     """(status, reason) of a run."""
     if timed_out:
         return "error", f"test-backend-ops did not finish within {timeout:g} s"
@@ -234,7 +244,8 @@ def verdict(summary: Summary | None, *, returncode: int | None, timed_out: bool,
             why += f"; it exited with code {returncode}"
         return "error", why
     if unreadable:
-        return "error", f"{unreadable} unreadable line(s) in the SQL output of test-backend-ops"
+        where = f" ({unreadable_first})" if unreadable_first else ""
+        return "error", f"{unreadable} unreadable statement(s) in the SQL output of test-backend-ops{where}"
     c = summary.counts
     required_unsupported = len(summary.required_unsupported)
     if c.failed or required_unsupported:
@@ -287,6 +298,7 @@ def run_binary(binary: Path, backend_name: str, paths: Paths, ui: UI, *, log: Pa
     problem: str | None = None
     summary: Summary | None = None
     unreadable = 0
+    problems: list[str] = []
     try:
         res = proc.run(cmd, log=log, check=False, timeout=timeout, stdout_path=sql_path)
         returncode, timed_out = res.returncode, res.timed_out
@@ -295,13 +307,14 @@ def run_binary(binary: Path, backend_name: str, paths: Paths, ui: UI, *, log: Pa
     if problem is None and not timed_out:
         try:
             text = sql_path.read_text(encoding="utf-8", errors="replace")
-            rows, unreadable = parse_sql(text)
+            rows, unreadable = parse_sql(text, problems)
             summary = summarize([r for r in rows if PARAMS_FILTER in r.params])
         except (OSError, SqlError) as exc:
             problem = f"{sql_path}: {exc}"
     duration = round(time.monotonic() - started, 3)
     status, reason = verdict(summary, returncode=returncode, timed_out=timed_out, timeout=timeout,
-                             device=backend.device, problem=problem, unreadable=unreadable)
+                             device=backend.device, problem=problem, unreadable=unreadable,
+                             unreadable_first=problems[0] if problems else None)
     empty = SelftestCounts()
     return Selftest(
         backend=backend.name, device=backend.device, command=cmd, binary=str(binary),

@@ -14,8 +14,8 @@
 //    kl_shift. The same with an f16 K and this V type (kl_shift_f16: the rounding of RoPE
 //    in f16, and how much a quantized V amplifies it: the values of later tokens move a
 //    little and now and then cross a decision boundary of the V quantizer), and the K
-//    cache's own quantization noise, the unshifted tail with K of this type (V f16) against
-//    f16 (kl_noise). A correct shift adds one more quantization of K (independent of the
+//    cache's own quantization noise, the unshifted tail with K of this type against an f16
+//    K, V of this type in both (kl_noise). A correct shift adds one more quantization of K (independent of the
 //    first: about twice kl_noise), so kl_shift is of the order of 2 * kl_noise +
 //    kl_shift_f16; a broken one is far above.
 // 3. Repeated K-shifts: two sequences in one unified cache; sequence 1 is shifted ten
@@ -220,13 +220,11 @@ int main(int argc, char ** argv) {
     //    the same drop without the move (same relative positions)
     const auto ref     = fx.dropped_tail(type_k, type_v, false);
     const auto shifted = fx.dropped_tail(type_k, type_v, true);
-    const auto ref_f16     = fx.dropped_tail(GGML_TYPE_F16, GGML_TYPE_F16, false);
-    const auto ref_kf16    = fx.dropped_tail(GGML_TYPE_F16, type_v, false);
+    const auto ref_kf16     = fx.dropped_tail(GGML_TYPE_F16, type_v, false);
     const auto shifted_kf16 = fx.dropped_tail(GGML_TYPE_F16, type_v, true);
-    const auto ref_k       = fx.dropped_tail(type_k, GGML_TYPE_F16, false);
     const double kl_shift     = kl(ref, shifted);
     const double kl_shift_f16 = kl(ref_kf16, shifted_kf16);
-    const double kl_noise     = kl(ref_f16, ref_k);
+    const double kl_noise     = kl(ref_kf16, ref);
     double kl_dropped;
     {
         // for scale: the same tail with the full history (what dropping 100 tokens changes)

@@ -36,9 +36,8 @@ if os.environ.get("FAKE_PPL_FAIL") in (ctk, ctv):
     sys.stdout.write((DATA / "perplexity-turbo-fa-off.txt").read_text())
     sys.exit(1)
 if "--kl-divergence" in args:
-    text = (DATA / "perplexity-kld-turbo4.txt").read_text()
-    if os.environ.get("FAKE_PPL_NO_STATS"):
-        text = text.split("====== Perplexity statistics")[0]
+    # FAKE_PPL_KLD_OUTPUT: replay this recorded output (a file in tests/data/bench) instead
+    text = (DATA / os.environ.get("FAKE_PPL_KLD_OUTPUT", "perplexity-kld-turbo4.txt")).read_text()
     if ctk == "f16" and ctv == "f16":
         kld = os.environ.get("FAKE_F16_KLD", "0.000002")
         text = text.replace("Mean    KLD:   0.007736", "Mean    KLD:   " + kld)
@@ -48,11 +47,10 @@ if "--kl-divergence" in args:
         text = text.replace("Mean    KLD:   0.007736", "Mean    KLD:   0.008812")
     sys.stdout.write(text)
 else:
-    if os.environ.get("FAKE_PPL_NO_BASE"):
-        sys.stdout.write("perplexity: you need at least 4096 tokens to evaluate perplexity with a context of 2048\n")
-        sys.exit(0)
-    pathlib.Path(arg("--kl-divergence-base")).write_bytes(b"_logits_" + bytes(4088))
-    sys.stdout.write((DATA / "perplexity-base-f16.txt").read_text())
+    # FAKE_PPL_BASE_OUTPUT: replay this recorded output instead; FAKE_PPL_NO_BASE_FILE: write no base file
+    if not os.environ.get("FAKE_PPL_NO_BASE_FILE"):
+        pathlib.Path(arg("--kl-divergence-base")).write_bytes(b"_logits_" + bytes(4088))
+    sys.stdout.write((DATA / os.environ.get("FAKE_PPL_BASE_OUTPUT", "perplexity-base-f16.txt")).read_text())
 '''
 
 FAKE_BENCH = r'''
@@ -68,6 +66,9 @@ if record:
 ctk, ctv = arg("-ctk"), arg("-ctv")
 if os.environ.get("FAKE_BENCH_OUTPUT") == "garbage":
     print("not json")
+    sys.exit(0)
+if os.environ.get("FAKE_BENCH_OUTPUT"):  # replay this recorded document (a file in tests/data/bench)
+    sys.stdout.write((DATA / os.environ["FAKE_BENCH_OUTPUT"]).read_text())
     sys.exit(0)
 speed = {"f16": 1.0, "q8_0": 0.95, "q4_0": 0.9, "turbo4": 0.8, "turbo3": 0.75, "turbo2": 0.7}
 tests = json.loads((DATA / "llama-bench-turbo4.json").read_text())

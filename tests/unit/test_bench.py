@@ -47,10 +47,6 @@ def test_parse_recorded_bench_json() -> None:
         ("tg16", 256, 90.557232, 0.0)]
     assert all((m.type_k, m.type_v) == ("turbo4", "turbo4") for m in ms)
     assert ms[0].samples_ts == (74.1772,)
-    with pytest.raises(ValueError):
-        speed.parse_bench_json("{}")
-    with pytest.raises(ValueError, match="a test lacks"):
-        speed.parse_bench_json('[{"type_k": "f16"}]')
 
 
 def test_depths() -> None:
@@ -206,17 +202,71 @@ def test_bench_kld_run_failures(world: dict[str, Path], monkeypatch: pytest.Monk
     assert "log: " in r.stderr
     base = Path(started(world)[0][-1])
     assert not base.exists()  # removed after a failure too
-    monkeypatch.delenv("FAKE_PPL_FAIL")
-    monkeypatch.setenv("FAKE_PPL_NO_STATS", "1")
+
+
+LOST = "so the last lines of its output were lost at exit"  # the hint for output lost at exit
+FIGURES = '"Mean PPL(Q)", "Mean    KLD", "99.0%   KLD" or "Same top p"'
+
+
+@pytest.mark.parametrize(("env", "message", "hint"), [
+    # real outputs of b11312's llama-perplexity whose logger lost the last lines at exit (exit code 0)
+    ({"FAKE_PPL_KLD_OUTPUT": "perplexity-kld-lost-tail.txt"},
+     f'llama-perplexity (q4_0) printed no KL divergence statistics: no {FIGURES} line; its output ends '
+     'with "3     401.0089 ±   31.0880      -0.00099 ±    0.00060    ..." (after chunk 3 of 4)', LOST),
+    ({"FAKE_PPL_KLD_OUTPUT": "perplexity-kld-lost-stats.txt"},
+     'llama-perplexity (q4_0) printed incomplete KL divergence statistics: no "99.0%   KLD" or "Same top p" '
+     'line; its output ends with "99.9%   KLD:   0.000094" (after chunk 4 of 4)', LOST),
+    # too few scored tokens: llama-perplexity computes no statistics (--ctx 32, 2 chunks)
+    ({"FAKE_PPL_KLD_OUTPUT": "perplexity-kld-few-tokens.txt"},
+     f"llama-perplexity (q4_0) printed no KL divergence statistics: no {FIGURES} line: it scored only 30 "
+     "tokens (2 chunk(s) x 15)",
+     "llama-perplexity computes the statistics over at least 100 scored tokens (the second half of each "
+     "chunk of --ctx 32): use more --chunks, a larger --ctx or a longer corpus"),
+    # an error it reported, exit code 0 all the same (a base file cut short)
+    ({"FAKE_PPL_KLD_OUTPUT": "perplexity-kld-cut-base.txt"},
+     f"llama-perplexity (q4_0) printed no KL divergence statistics: no {FIGURES} line; it reported: "
+     "0.00.115.184 E kl_divergence: failed reading log-probs for chunk 1",
+     "the log has its full output; run the command above by hand to see it"),
+    # the base run
+    ({"FAKE_PPL_BASE_OUTPUT": "perplexity-base-lost-tail.txt"},
+     'llama-perplexity (base f16) printed no "Final estimate: PPL" line; its output ends with '
+     '"[1]533.0752,[2]401.1204,[3]401.4070," (after its "calculating perplexity over 4 chunks" line)', LOST),
+    ({"FAKE_PPL_BASE_OUTPUT": "perplexity-base-short-corpus.txt"},
+     'llama-perplexity (base f16) printed no "Final estimate: PPL" line: the corpus is too short for --ctx 128',
+     "the corpus tokenizes to 68 tokens, but needs at least 256 tokens (2 x --ctx); use a longer corpus or a "
+     "smaller --ctx"),
+    ({"FAKE_PPL_NO_BASE_FILE": "1"},
+     "llama-perplexity (base f16) printed its final estimate but there is no base file {base}",
+     "it writes the file given to --kl-divergence-base; check {base_dir}"),
+])
+def test_bench_kld_missing_figures(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                   env: dict[str, str], message: str, hint: str) -> None:
+    """Every way a run can end with exit code 0 but without its figures has its own message:
+    what is missing, in which run, where the output stops, and the log."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     r = runner.invoke(app, kld_args(world, "--kv", "q4_0", "--json"))
     assert r.exit_code == 15
-    assert json.loads(r.stdout)["message"] == "llama-perplexity (q4_0) printed no KL divergence statistics"
-    assert "hint: it prints them only over at least 100 tokens" in r.stderr
-    monkeypatch.setenv("FAKE_PPL_NO_BASE", "1")
-    r = runner.invoke(app, kld_args(world, "--kv", "q4_0"))
-    assert r.exit_code == 15
-    assert "error: llama-perplexity (base f16) wrote no perplexity estimate or no base file" in r.stderr
-    assert "you need at least 4096 tokens" in r.stderr
+    base = started(world)[0][-1]
+    doc = json.loads(r.stdout)
+    fill = {"base": base, "base_dir": str(Path(base).parent)}
+    assert doc["message"] == message.format(**fill)
+    assert hint.format(**fill) in doc["hint"]
+    assert doc["log"] and Path(doc["log"]).is_file()
+    assert f"log: {doc['log']}" in r.stderr
+    assert doc["details"]  # the lines that show it
+    if hint == LOST:
+        assert "patch series flushes it at exit" in doc["hint"]
+        assert doc["details"][-1] in (BENCH / next(iter(env.values()))).read_text()
+    assert not Path(base).exists()  # removed after a failure too
+
+
+def test_kld_parsers_on_lost_output() -> None:
+    lost = (BENCH / "perplexity-kld-lost-stats.txt").read_text()
+    assert kld.parse_kld_output(lost) is None
+    assert kld.missing_figures(lost) == ["99.0%   KLD", "Same top p"]
+    assert kld.missing_figures((BENCH / "perplexity-kld-turbo4.txt").read_text()) == []
+    assert kld.parse_base_output((BENCH / "perplexity-base-lost-tail.txt").read_text()) is None
 
 
 # --------------------------------------------------------------------------- bench speed, end to end
@@ -270,3 +320,42 @@ def test_bench_speed_errors(world: dict[str, Path], monkeypatch: pytest.MonkeyPa
     r = runner.invoke(app, speed_args(world, "--kv", "q8_0"))
     assert r.exit_code == 15 and "error: llama-bench (q8_0) printed no usable JSON" in r.stderr
 
+
+
+@pytest.mark.parametrize(("replay", "kv", "problem"), [
+    ("garbage", "q8_0", "printed no usable JSON to {out}: not a JSON document: Expecting value: line 1 column 1 "
+                        "(char 0)"),
+    # what a llama-bench that stops during its third test leaves (it prints each test as it completes)
+    ("llama-bench-turbo4-cut.json", "turbo4",
+     "printed no usable JSON to {out}: the document is cut short: it ends at line 93 before it is complete"),
+    # a real document of a run at depth 0 only, for a plan at depths 0 and 256
+    ("llama-bench-turbo4-depth0.json", "turbo4",
+     "reported 2 of the 4 tests: no pp64 at depth 256, tg16 at depth 256 in {out}"),
+    # the recorded turbo4 document for a q8_0 run
+    ("llama-bench-turbo4.json", "q8_0",
+     "reported 4 of its 4 tests for other cache types (K=turbo4 V=turbo4, expected K=q8_0 V=q8_0) in {out}"),
+])
+def test_bench_speed_unusable_output(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                     replay: str, kv: str, problem: str) -> None:
+    """Each way a llama-bench document can lack figures says what is missing, in which
+    configuration, and where the document and the log are."""
+    monkeypatch.setenv("FAKE_BENCH_OUTPUT", replay)
+    r = runner.invoke(app, speed_args(world, "--kv", kv, "--json"))
+    assert r.exit_code == 15
+    doc = json.loads(r.stdout)
+    out = Path(doc["log"]).with_name(f"{Path(doc['log']).stem}-1-{kv}.json")
+    assert out.is_file()
+    assert doc["message"] == f"llama-bench ({kv}) " + problem.format(out=out)
+    assert f"log: {doc['log']}" in r.stderr
+
+
+def test_parse_bench_json_errors() -> None:
+    for text, message in [("", "the document is empty"), ("{}", "expected a JSON array of tests"),
+                          ('[{"type_k": "f16"}]', "test 1 of 1 lacks 'type_v'"),
+                          ('[1]', "test 1 of 1 is not a JSON object")]:
+        with pytest.raises(ValueError, match=message):
+            speed.parse_bench_json(text)
+    good = json.loads((BENCH / "llama-bench-turbo4.json").read_text())
+    good[1]["avg_ts"] = "fast"
+    with pytest.raises(ValueError, match="test 2 of 4 has a malformed value"):
+        speed.parse_bench_json(json.dumps(good))

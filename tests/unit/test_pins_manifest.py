@@ -64,6 +64,14 @@ def test_help_parsing_on_recorded_real_output() -> None:
     assert types == ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
     assert types == list(load_pin().llama_cpp.cache_types)
     assert build.parse_cache_types("no such option here") == []
+    assert build.cache_types_problem("no such option here\n") == (
+        "its --help output has no --cache-type-k option (1 line(s))")
+    assert build.cache_types_problem("") == "its --help output is empty"
+    cut = "\n".join(line for line in text.splitlines() if "allowed values: f32" not in line)
+    assert build.parse_cache_types(cut) == []
+    assert build.cache_types_problem(cut) == (
+        'its --help output has no "allowed values:" line under --cache-type-k (line 75: '
+        "'-ctk,  --cache-type-k TYPE              KV cache data type for K')")
     patched = text.replace("q5_0, q5_1\n", "q5_0, q5_1, turbo2, turbo3, turbo4\n", 1)
     assert build.parse_cache_types(patched)[-3:] == ["turbo2", "turbo3", "turbo4"]
 

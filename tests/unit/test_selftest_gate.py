@@ -4,6 +4,7 @@ gate (K/V types, and the head dims of a model's layers)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import gguf
@@ -17,6 +18,7 @@ from turboctl.cli.main import app
 from turboctl.errors import ConfigError, GateRefused, SelftestFailed
 from turboctl.models import inspect_model
 from turboctl.paths import get_paths
+from turboctl.ui import get_ui
 
 GETROWS = DATA / "selftest" / "test-backend-ops-cpu-turbo3-getrows.sql"
 
@@ -178,9 +180,45 @@ def test_truncated_and_noisy_sql() -> None:
     assert bad == 1 and len(rows) == 30 - 19  # 19 lines of CREATE TABLE, then one row per line
     s = selftest.summarize(rows)
     assert selftest.verdict(s, returncode=0, timed_out=False, timeout=900, device="CPU", unreadable=bad) == (
-        "error", "1 unreadable line(s) in the SQL output of test-backend-ops")
-    with pytest.raises(selftest.SqlError, match="no test_backend_ops table"):
+        "error", "1 unreadable statement(s) in the SQL output of test-backend-ops")
+    problems: list[str] = []
+    selftest.parse_sql(text, problems)
+    assert problems == ["line 32: the output ends inside this statement (cut short)"]
+    # a broken statement in the middle is named by its line too
+    broken = "".join(lines[:25]) + "INSERT INTO test_backend_ops (no_such_column) VALUES (1);\n" + "".join(lines[25:])
+    problems = []
+    rows, bad = selftest.parse_sql(broken, problems)
+    assert bad == 1 and len(rows) == 216 and problems == ["line 26: table test_backend_ops has no column named "
+                                                          "no_such_column"]
+    with pytest.raises(selftest.SqlError, match=r"no test_backend_ops table in the SQL output \(no CREATE TABLE"):
         selftest.parse_sql("Segmentation fault\n")
+    with pytest.raises(selftest.SqlError, match="the output is empty"):
+        selftest.parse_sql("")
+
+
+@pytest.mark.parametrize(("output", "returncode", "status", "reason"), [
+    # test-backend-ops stopped after 40 lines, in the middle of a statement, yet exited with 0
+    ("cut", 0, "error", "1 unreadable statement(s) in the SQL output of test-backend-ops (line 40: the output "
+                        "ends inside this statement (cut short))"),
+    ("", 0, "error", "{sql}: the output is empty"),
+    ("Segmentation fault\n", 0, "error", "{sql}: no test_backend_ops table in the SQL output (no CREATE TABLE "
+                                         "statement)"),
+    ("all", 0, "pass", ""),
+])
+def test_selftest_run_reports_what_its_output_lacks(tmp_path: Path, output: str, returncode: int, status: str,
+                                                    reason: str) -> None:
+    """The self-test run end to end against a stand-in that prints (part of) the recorded SQL."""
+    lines = SQL.read_text().splitlines(keepends=True)
+    text = {"cut": "".join(lines[:39]) + lines[39][:60], "all": "".join(lines)}.get(output, output)
+    (tmp_path / "out.sql").write_text(text)
+    binary = tmp_path / "test-backend-ops"
+    binary.write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write(open({str(tmp_path / 'out.sql')!r}).read())\n"
+                      f"sys.exit({returncode})\n")
+    binary.chmod(0o755)
+    log = tmp_path / "logs" / "selftest.log"
+    record = selftest.run_binary(binary, "cpu", get_paths(), get_ui(), log=log)
+    assert (record.status, record.reason) == (status, reason.format(sql=log.with_suffix(".sql")))
+    assert record.log == str(log) and record.output == str(log.with_suffix(".sql"))
 
 
 def test_devices_per_backend() -> None:

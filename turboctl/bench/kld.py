@@ -48,9 +48,24 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "same_top_p": re.compile(rf"Same top p:\s*{_PM}\s*%"),
 }
 _REQUIRED = ("ppl", "mean_kld", "kld_99", "same_top_p")
+# the line each required figure is read from, as llama-perplexity prints it
+_LINE_NAMES = {"ppl": "Mean PPL(Q)", "mean_kld": "Mean    KLD", "kld_99": "99.0%   KLD",
+               "same_top_p": "Same top p"}
 _CHUNKS = re.compile(r"(?:kl_divergence: computing over|calculating perplexity over) (\d+) chunks, n_ctx=(\d+)")
 _CHUNK_ROW = re.compile(r"^\s*(\d+)\s+[-+\d.]")
+_CHUNK_HEADER = re.compile(r"^chunk\s+PPL\b")
 _FINAL = re.compile(rf"Final estimate: PPL = {_NUM} \+/- {_NUM}")
+# llama-perplexity's kl_divergence() computes no statistics over fewer scored tokens
+MIN_SCORED_TOKENS = 100
+# an error line of llama.cpp's logger ("0.00.072.874 E llama_perplexity: failed to create context")
+_ERROR_LINE = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ )?E |\bfailed\b", re.IGNORECASE)
+_TOO_SHORT = re.compile(r"you need at least (\d+) tokens to evaluate perplexity with a context of (\d+)")
+_TOKENIZED = re.compile(r"tokenizes to only (\d+) tokens")
+LOST_OUTPUT_HINT = (
+    "it exited with code 0 and reported no error, so the last lines of its output were lost at exit: "
+    "llama.cpp b11312 prints its log from a background thread that nothing flushes when the program "
+    "ends. The patch series flushes it at exit (patch \"common: flush the log before the program "
+    "exits\"): rebuild with turboctl build; if this build already has that patch, report it with this log")
 
 
 @dataclass(frozen=True)
@@ -76,14 +91,27 @@ class KldFigures:
         return dict(self.__dict__)
 
 
-def parse_kld_output(text: str) -> KldFigures | None:
-    """The figures of a --kl-divergence run, or None when it printed no statistics."""
+def _find(text: str) -> dict[str, tuple[str, ...]]:
     found: dict[str, tuple[str, ...]] = {}
     for key, pattern in _PATTERNS.items():
         matches = pattern.findall(text)
         if matches:
             last = matches[-1]
             found[key] = last if isinstance(last, tuple) else (last,)
+    return found
+
+
+def missing_figures(text: str) -> list[str]:
+    """The lines of the required statistics that a --kl-divergence output lacks, by the name
+    llama-perplexity prints them under (empty when it has them all)."""
+    found = _find(text)
+    return [_LINE_NAMES[k] for k in _REQUIRED if k not in found]
+
+
+def parse_kld_output(text: str) -> KldFigures | None:
+    """The figures of a --kl-divergence run, or None when it printed no statistics (see
+    :func:`explain_kld_output` for why)."""
+    found = _find(text)
     if any(k not in found for k in _REQUIRED):
         return None
     chunks = _CHUNKS.findall(text)
@@ -103,13 +131,115 @@ def parse_kld_output(text: str) -> KldFigures | None:
 
 
 def parse_base_output(text: str) -> tuple[float, float, int | None] | None:
-    """(PPL, ±, chunks) of the base run, or None when it printed no final estimate."""
+    """(PPL, ±, chunks) of the base run, or None when it printed no final estimate (see
+    :func:`explain_base_output` for why)."""
     finals = _FINAL.findall(text)
     if not finals:
         return None
     chunks = _CHUNKS.findall(text)
     ppl, err = finals[-1]
     return float(ppl), float(err), int(chunks[-1][0]) if chunks else None
+
+
+# --------------------------------------------------------------------------- why figures are missing
+@dataclass(frozen=True)
+class Missing:
+    """Why a run printed no usable figures: ``message`` says what is missing and where the
+    output stops, ``hint`` what to do, ``details`` the lines that show it."""
+
+    message: str
+    hint: str
+    details: list[str]
+
+
+def _error_lines(lines: Sequence[str]) -> list[str]:
+    return [ln for ln in lines if _ERROR_LINE.search(ln)]
+
+
+def _tail(lines: Sequence[str], n: int = 8) -> list[str]:
+    """The last ``n`` non-blank lines."""
+    return [ln.rstrip() for ln in lines if ln.strip()][-n:]
+
+
+def _ends(lines: Sequence[str]) -> str:
+    tail = _tail(lines, 1)
+    if not tail:
+        return "it printed nothing"
+    last = tail[0].strip()
+    return f'its output ends with "{last if len(last) <= 60 else last[:57] + "..."}"'
+
+
+def _quoted(names: Sequence[str]) -> str:
+    quoted = [f'"{n}"' for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _chunk_rows(lines: Sequence[str]) -> list[int]:
+    """The chunk numbers of the per-chunk table of a --kl-divergence run."""
+    rows: list[int] = []
+    in_table = False
+    for ln in lines:
+        if _CHUNK_HEADER.match(ln):
+            in_table = True
+        elif in_table and (m := _CHUNK_ROW.match(ln)):
+            rows.append(int(m.group(1)))
+        elif in_table and ln.strip():
+            in_table = False
+    return rows
+
+
+def explain_kld_output(text: str, label: str) -> Missing:
+    """Why the output of a --kl-divergence run (exit code 0) lacks the required statistics:
+    an error it reported, too few scored tokens, or lines lost at exit."""
+    lines = text.splitlines()
+    missing = missing_figures(text)
+    what = ("no KL divergence statistics" if len(missing) == len(_REQUIRED)
+            else "incomplete KL divergence statistics")
+    head = f"{TOOL} ({label}) printed {what}: no {_quoted(missing)} line"
+    errors = _error_lines(lines)
+    if errors:
+        return Missing(f"{head}; it reported: {errors[0].strip()}",
+                       "the log has its full output; run the command above by hand to see it", errors[:10])
+    announced = _CHUNKS.findall(text)
+    rows = _chunk_rows(lines)
+    tail = _tail(lines)
+    if announced:
+        n_chunks, n_ctx = int(announced[-1][0]), int(announced[-1][1])
+        per_chunk = n_ctx - 1 - n_ctx // 2
+        scored = n_chunks * per_chunk
+        if scored < MIN_SCORED_TOKENS:
+            return Missing(
+                f"{head}: it scored only {scored} tokens ({n_chunks} chunk(s) x {per_chunk})",
+                f"llama-perplexity computes the statistics over at least {MIN_SCORED_TOKENS} scored tokens "
+                f"(the second half of each chunk of --ctx {n_ctx}): use more --chunks, a larger --ctx "
+                "or a longer corpus", tail)
+        where = f"after chunk {rows[-1]} of {n_chunks}" if rows else f"before chunk 1 of {n_chunks}"
+        return Missing(f"{head}; {_ends(lines)} ({where})", LOST_OUTPUT_HINT, tail)
+    return Missing(f'{head}; {_ends(lines)} (before its "computing over N chunks" line)', LOST_OUTPUT_HINT, tail)
+
+
+def explain_base_output(text: str, base_file: Path) -> Missing:
+    """Why the base run (exit code 0) printed no final estimate or wrote no base file."""
+    lines = text.splitlines()
+    if _FINAL.search(text):
+        return Missing(f"{TOOL} (base f16) printed its final estimate but there is no base file {base_file}",
+                       f"it writes the file given to --kl-divergence-base; check {base_file.parent}",
+                       _error_lines(lines)[:10] or _tail(lines, 3))
+    head = f'{TOOL} (base f16) printed no "Final estimate: PPL" line'
+    if short := _TOO_SHORT.search(text):
+        got = _TOKENIZED.search(text)
+        size = f" tokenizes to {got.group(1)} tokens, but" if got else ""
+        return Missing(f"{head}: the corpus is too short for --ctx {short.group(2)}",
+                       f"the corpus{size} needs at least {short.group(1)} tokens (2 x --ctx); use a longer "
+                       "corpus or a smaller --ctx", _error_lines(lines)[:10])
+    errors = _error_lines(lines)
+    if errors:
+        return Missing(f"{head}; it reported: {errors[0].strip()}",
+                       "the log has its full output; run the command above by hand to see it", errors[:10])
+    announced = _CHUNKS.findall(text)
+    where = (f" (after its \"calculating perplexity over {announced[-1][0]} chunks\" line)" if announced
+             else " (before its \"calculating perplexity over N chunks\" line)")
+    return Missing(f"{head}; {_ends(lines)}{where}", LOST_OUTPUT_HINT, _tail(lines))
 
 
 # --------------------------------------------------------------------------- plan
@@ -220,10 +350,8 @@ def run(plan: KldPlan, ui: UI) -> KldReport:
         res = _run(plan, base_args, "base f16", ui)
         parsed = parse_base_output(res.output)
         if parsed is None or not plan.base_file.is_file():
-            raise BenchError(f"{TOOL} (base f16) wrote no perplexity estimate or no base file "
-                             f"({plan.base_file})", log_path=plan.log,
-                             details=proc.relevant_lines(res.lines), hint="the corpus may be too short "
-                             f"for --ctx {plan.ctx}: it needs at least 2 x ctx tokens")
+            why = explain_base_output(res.output, plan.base_file)
+            raise BenchError(why.message, log_path=plan.log, details=why.details, hint=why.hint)
         size = plan.base_file.stat().st_size
         ui.ok(f"base PPL {parsed[0]:.4f} ± {parsed[1]:.4f}; base logits {size / 2**20:.1f} MiB "
               f"({res.duration_s:.1f} s)")
@@ -234,10 +362,8 @@ def run(plan: KldPlan, ui: UI) -> KldReport:
             res = _run(plan, args, cfg.label, ui)
             figures = parse_kld_output(res.output)
             if figures is None:
-                raise BenchError(f"{TOOL} ({cfg.label}) printed no KL divergence statistics",
-                                 log_path=plan.log, details=proc.relevant_lines(res.lines),
-                                 hint="it prints them only over at least 100 tokens; use more --chunks "
-                                      "or a longer corpus")
+                why = explain_kld_output(res.output, cfg.label)
+                raise BenchError(why.message, log_path=plan.log, details=why.details, hint=why.hint)
             ui.ok(f"{cfg.label}: mean KLD {figures.mean_kld:.6f}, same top {figures.same_top_p:.2f} %, "
                   f"PPL {figures.ppl:.4f} ({res.duration_s:.1f} s)")
             report.results.append(RunResult(cfg, args, round(res.duration_s, 3), figures))

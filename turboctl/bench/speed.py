@@ -55,22 +55,34 @@ class Measurement:
 
 
 def parse_bench_json(text: str) -> list[Measurement]:
-    """The tests of a ``llama-bench -o json`` document (ValueError when it is not one)."""
-    doc = json.loads(text)
+    """The tests of a ``llama-bench -o json`` document (ValueError saying what is wrong when
+    it is not one)."""
+    if not text.strip():
+        raise ValueError("the document is empty")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()):
+            # llama-bench prints each test as it completes and the closing "]" at the end
+            raise ValueError(f"the document is cut short: it ends at line {exc.lineno} before it is "
+                             "complete") from exc
+        raise ValueError(f"not a JSON document: {exc}") from exc
     if not isinstance(doc, list):
         raise ValueError("expected a JSON array of tests")
     out = []
-    for item in doc:
+    for i, item in enumerate(doc, 1):
         if not isinstance(item, dict):
-            raise ValueError("expected JSON objects in the array")
+            raise ValueError(f"test {i} of {len(doc)} is not a JSON object")
         try:
             out.append(Measurement(
                 type_k=str(item["type_k"]), type_v=str(item["type_v"]), n_prompt=int(item["n_prompt"]),
                 n_gen=int(item["n_gen"]), n_depth=int(item.get("n_depth", 0)),
                 avg_ts=float(item["avg_ts"]), stddev_ts=float(item["stddev_ts"]),
                 samples_ts=tuple(float(x) for x in item.get("samples_ts", []))))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"a test lacks {exc}") from exc
+        except KeyError as exc:
+            raise ValueError(f"test {i} of {len(doc)} lacks {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"test {i} of {len(doc)} has a malformed value ({exc})") from exc
     return out
 
 
@@ -95,6 +107,11 @@ class SpeedPlan:
     threads: int
     reps: int
     log: Path
+
+    def expected_tests(self) -> list[tuple[str, int]]:
+        """(test, depth) of every test llama-bench runs for one configuration."""
+        tests = ([f"pp{self.n_prompt}"] if self.n_prompt else []) + ([f"tg{self.n_gen}"] if self.n_gen else [])
+        return [(t, d) for d in self.depths for t in tests]
 
     def command(self, cfg: KVConfig) -> list[str]:
         return [str(self.bench), "-m", str(self.model), "-fa", "1", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
@@ -166,17 +183,35 @@ def run(plan: SpeedPlan, ui: UI) -> SpeedReport:
         try:
             measurements = parse_bench_json(out.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise BenchError(f"{TOOL} ({cfg.label}) printed no usable JSON ({exc}): {out}",
-                             log_path=plan.log, details=proc.relevant_lines(res.lines)) from exc
-        wrong = [ms for ms in measurements if (ms.type_k, ms.type_v) != (cfg.type_k, cfg.type_v)]
-        if not measurements or wrong:
-            raise BenchError(f"{TOOL} ({cfg.label}) reported {len(measurements)} tests"
-                             + (f", {len(wrong)} of them for other cache types" if wrong else ""),
-                             log_path=plan.log)
+            raise BenchError(f"{TOOL} ({cfg.label}) printed no usable JSON to {out}: {exc}",
+                             log_path=plan.log, details=proc.relevant_lines(res.lines),
+                             hint="its JSON document (stdout) is kept in that file, its log (stderr) "
+                                  "in the log; run the command above by hand to see both") from exc
+        problem = check_measurements(plan, cfg, measurements)
+        if problem:
+            raise BenchError(f"{TOOL} ({cfg.label}) {problem} in {out}", log_path=plan.log,
+                             details=proc.relevant_lines(res.lines),
+                             hint="run the command above by hand to see its output")
         cells = ", ".join(f"{ms.test}@{ms.n_depth} {ms.avg_ts:.2f} t/s" for ms in measurements)
         ui.ok(f"{cfg.label}: {cells} ({res.duration_s:.1f} s)")
         report.runs.append(ConfigRun(cfg, args, round(res.duration_s, 3), out, measurements))
     return report
+
+
+def check_measurements(plan: SpeedPlan, cfg: KVConfig, measurements: Sequence[Measurement]) -> str | None:
+    """What is wrong with the tests of one configuration's document (None when nothing): tests
+    for other cache types, or tests the plan asked for that it lacks."""
+    wrong = [ms for ms in measurements if (ms.type_k, ms.type_v) != (cfg.type_k, cfg.type_v)]
+    if wrong:
+        return (f"reported {len(wrong)} of its {len(measurements)} tests for other cache types "
+                f"(K={wrong[0].type_k} V={wrong[0].type_v}, expected K={cfg.type_k} V={cfg.type_v})")
+    expected = plan.expected_tests()
+    have = {ms.key for ms in measurements}
+    missing = [key for key in expected if key not in have]
+    if missing:
+        names = ", ".join(f"{test} at depth {depth}" for test, depth in missing)
+        return f"reported {len(expected) - len(missing)} of the {len(expected)} tests: no {names}"
+    return None
 
 
 def ratio(report: SpeedReport, ms: Measurement, reference: str) -> float | None:
