@@ -203,7 +203,6 @@ def render() -> str:
     w(f"#define TURBO_QK_SUB      {QK_SUB}   // values per scale byte")
     w(f"#define TURBO_GRID        {GRID}    // scale steps per octave")
     w(f"#define TURBO_SCALE_BIAS  {SCALE_BIAS}  // d(b) = 2^((b - TURBO_SCALE_BIAS)/TURBO_GRID), d(0) = 0")
-    w(f"#define TURBO_CB_MAX      {CB_MAX}")
     w(f"#define TURBO_ROT_SEED    0x{ROT_SEED:016X}ull // rotation sign stream seed")
     w("")
     stats = []

@@ -16,7 +16,6 @@
 #define TURBO_QK_SUB      32   // values per scale byte
 #define TURBO_GRID        8    // scale steps per octave
 #define TURBO_SCALE_BIAS  183  // d(b) = 2^((b - TURBO_SCALE_BIAS)/TURBO_GRID), d(0) = 0
-#define TURBO_CB_MAX      127
 #define TURBO_ROT_SEED    0x7475726230713F2Dull // rotation sign stream seed
 
 // 4-bit codebook: Lloyd fixed point for the scan rule on Gaussian sub-blocks;

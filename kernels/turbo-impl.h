@@ -21,24 +21,22 @@
 #  define TURBO_EXACT_MATH
 #endif
 
+#define TURBO_INLINE static inline
+
 #if defined(__METAL_VERSION__)
 #  include <metal_stdlib>
-#  define TURBO_INLINE static inline
 #  define TURBO_DEV    device
 #  define TURBO_THR    thread
 #  define TURBO_CST    constant
 #  define TURBO_FABS(x) metal::fabs(x)
-#  define TURBO_INF    INFINITY
 #  define TURBO_FLOAT_BITS(x) metal::as_type<uint>(x)
 #else
 #  include <math.h>
 #  include <string.h>
-#  define TURBO_INLINE static inline
 #  define TURBO_DEV
 #  define TURBO_THR
 #  define TURBO_CST
 #  define TURBO_FABS(x) fabsf(x)
-#  define TURBO_INF    INFINITY
 static inline uint32_t turbo_float_bits_impl(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof(u));
@@ -91,7 +89,7 @@ TURBO_INLINE uint8_t turbo_quantize_sub_impl(TURBO_THR const float * x, TURBO_CS
     }
     const int e0 = turbo_first_scale_impl(amax);
 
-    float best_err = TURBO_INF;
+    float best_err = INFINITY;
     int   best_b   = -1;
     int   prev_b   = -1;
     uint8_t cand[TURBO_QK_SUB];

@@ -188,7 +188,8 @@ def test_truncated_and_noisy_sql() -> None:
     broken = "".join(lines[:25]) + "INSERT INTO test_backend_ops (no_such_column) VALUES (1);\n" + "".join(lines[25:])
     problems = []
     rows, bad = selftest.parse_sql(broken, problems)
-    assert bad == 1 and len(rows) == len(selftest.parse_sql(SQL.read_text())[0]) and problems == ["line 26: table test_backend_ops has no column named "
+    n_rows = len(selftest.parse_sql(SQL.read_text())[0])
+    assert bad == 1 and len(rows) == n_rows and problems == ["line 26: table test_backend_ops has no column named "
                                                           "no_such_column"]
     with pytest.raises(selftest.SqlError, match=r"no test_backend_ops table in the SQL output \(no CREATE TABLE"):
         selftest.parse_sql("Segmentation fault\n")
@@ -542,3 +543,28 @@ def test_bench_refuses_head_dims_before_starting(tmp_path: Path, monkeypatch: py
     r = CliRunner().invoke(app, ["bench", "speed", "--model", str(model), "--kv", "turbo4"])
     assert r.exit_code == 12 and "refusing K=turbo4 V=turbo4 on the metal backend: of its 2 FLASH_ATTN_EXT" in r.stderr
     assert not args_log.exists()
+
+
+CUDA_H200 = DATA / "selftest" / "test-backend-ops-cuda-h200-turbo.sql"
+
+
+def test_recorded_cuda_selftest_refuses_every_turbo_type() -> None:
+    """A real recording: the series on a CUDA build (NVIDIA H200), which has no TurboQuant
+    kernels yet. Every turbo case is "not supported" (only the q8_0 K-shift cases run), so the
+    self-test fails and the gate refuses each turbo pair before anything starts, while the
+    upstream types still serve."""
+    rows, bad = selftest.parse_sql(CUDA_H200.read_text())
+    assert bad == 0 and len(rows) == 523
+    s = selftest.summarize(rows)
+    assert s.counts == manifest.SelftestCounts(passed=4, failed=0, unsupported=519)
+    assert {r.params for r in rows if r.passed} == {r.params for r in rows if r.op == "K_SHIFT" and "q8_0" in r.params}
+    assert selftest.verdict(s, returncode=0, timed_out=False, timeout=900, device="CUDA0") == (
+        "fail", "444 not supported on CUDA0 of 523 turbo cases")
+    m = fake_build(home(), sql=CUDA_H200.read_text(), backend="cuda")
+    for pair in PAIRS:
+        k, v = pair.split("/")
+        with pytest.raises(GateRefused, match=rf"refusing K={k} V={v} on the cuda backend: \d+ case\(s\) not "
+                                              r"supported on CUDA0 \(they would fall back to the CPU\)"):
+            gate.check_kv_types(m, k, v)
+    gate.check_kv_types(m, "q8_0", "q8_0")
+    gate.check_kv_types(m, "f16", "q4_0")
