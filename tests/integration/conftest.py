@@ -45,3 +45,20 @@ def llama_build() -> manifest.Manifest:
     m = manifest.load_current(Paths(home))
     assert m is not None
     return m
+
+
+def compile_against_build(m: manifest.Manifest, source: Path, out: Path, *, include: tuple[str, ...],
+                          libs: tuple[str, ...], extra: tuple[str, ...] = ()) -> Path:
+    """Compile a test program of tests/integration/ against the real build: ``include`` are
+    directories of its source tree, ``libs`` libraries next to its binaries (found at run time
+    through an rpath)."""
+    import shutil
+
+    src = Path(m.source.path)
+    bindir = Path(m.binaries["llama-server"].path).parent
+    cxx = m.compiler.get("path") or shutil.which("c++") or "g++"
+    cmd = [cxx, "-std=c++17", "-O2", "-Wall", *(f"-I{src / d}" for d in include), str(source),
+           f"-L{bindir}", *(f"-l{lib}" for lib in libs), f"-Wl,-rpath,{bindir}", *extra, "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
+    return out

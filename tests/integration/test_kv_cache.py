@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import compile_against_build
 from tests.integration.server import LlamaServer, run_to_exit
 from tests.integration.tinymodel import WORDS, write_tiny_gemma4, write_tiny_model, write_tiny_partial_rope
 from turboctl import manifest
@@ -112,16 +113,9 @@ def test_turbo_types_serve_the_benchmark_model(llama_build: manifest.Manifest, t
 @pytest.fixture(scope="module")
 def kv_consistency(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/integration/kv_consistency.cpp compiled against the build's llama.h and libs."""
-    src = Path(llama_build.source.path)
-    bindir = Path(llama_build.binaries["llama-server"].path).parent
-    cxx = llama_build.compiler.get("path") or shutil.which("c++") or "g++"
-    exe = tmp_path_factory.mktemp("kvc") / "kv_consistency"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
-           str(REPO / "tests" / "integration" / "kv_consistency.cpp"), "-L", str(bindir),
-           "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{bindir}", "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert res.returncode == 0, res.stderr
-    return exe
+    return compile_against_build(llama_build, REPO / "tests" / "integration" / "kv_consistency.cpp",
+                                 tmp_path_factory.mktemp("kvc") / "kv_consistency",
+                                 include=("include", "ggml/include"), libs=("llama", "ggml", "ggml-base"))
 
 
 def run_kv_consistency(exe: Path, model: Path, text: Path, type_k: str, type_v: str) -> dict[str, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import compile_against_build
 from tests.integration.tinymodel import WORDS, write_tiny_model
 from turboctl import manifest
 from turboctl.bench import kld
@@ -109,16 +109,9 @@ def test_perplexity_kld_prints_every_statistic_under_load(llama_build: manifest.
 @pytest.fixture(scope="module")
 def log_exit(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/integration/log_exit.cpp compiled against the build's common/log.h and libllama-common."""
-    src = Path(llama_build.source.path)
-    bindir = Path(llama_build.binaries["llama-server"].path).parent
-    cxx = llama_build.compiler.get("path") or shutil.which("c++") or "g++"
-    exe = tmp_path_factory.mktemp("logexit") / "log_exit"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-I", str(src / "common"), "-I", str(src / "ggml" / "include"),
-           str(REPO / "tests" / "integration" / "log_exit.cpp"), "-L", str(bindir), "-lllama-common",
-           f"-Wl,-rpath,{bindir}", "-pthread", "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert res.returncode == 0, res.stderr
-    return exe
+    return compile_against_build(llama_build, REPO / "tests" / "integration" / "log_exit.cpp",
+                                 tmp_path_factory.mktemp("logexit") / "log_exit",
+                                 include=("common", "ggml/include"), libs=("llama-common",), extra=("-pthread",))
 
 
 def expected_lines(n: int) -> list[str]:

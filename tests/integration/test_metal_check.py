@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -20,26 +19,18 @@ from typing import Any
 
 import pytest
 
+from tests import metal_checker
+from tests.metal_checker import CHECKER
 from turboctl import manifest
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKER = REPO / "scripts" / "metal_check" / "metal_check.py"
-
-
-def load_checker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("metal_check", CHECKER)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["metal_check"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def mc() -> ModuleType:
-    return load_checker()
+    return metal_checker.load()
 
 
 @pytest.fixture(scope="module")

@@ -118,16 +118,9 @@ def test_every_requested_turbo_kernel_exists_and_every_instance_is_reachable(tre
 
 
 def load_checker():  # type: ignore[no-untyped-def]
-    import importlib.util
-    import sys
+    from tests import metal_checker
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "metal_check" / "metal_check.py"
-    spec = importlib.util.spec_from_file_location("metal_check", path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["metal_check"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return metal_checker.load()
 
 
 TURBO_LIBS = {"quantize", "fa_aux", "fa_vec_turbo"}

@@ -54,6 +54,26 @@ def add_tiny_tokenizer(w: gguf.GGUFWriter) -> None:
     w.add_add_eos_token(False)
 
 
+def add_tiny_header(w: gguf.GGUFWriter, *, name: str, n_ctx: int, n_embd: int, n_layer: int, n_ff: int,
+                    n_head: int, n_head_kv: int, head_dim: int, n_rot: int, rope_base: float, rms_eps: float,
+                    file_type: int) -> None:
+    """The hyperparameters every tiny model writes, and the tiny tokenizer."""
+    w.add_name(name)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(n_rot)
+    w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(rms_eps)
+    w.add_file_type(file_type)
+    add_tiny_tokenizer(w)
+
+
 def write_tiny_model(
     path: Path,
     *,
@@ -82,20 +102,10 @@ def write_tiny_model(
         return np.ones(n_embd, dtype=np.float32)
 
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("turboctl tiny test model")
-    w.add_context_length(n_ctx)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    add_tiny_tokenizer(w)
+    add_tiny_header(w, name="turboctl tiny test model", n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_ff=n_ff,
+                    n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, n_rot=head_dim, rope_base=10000.0,
+                    rms_eps=1e-5,
+                    file_type=gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
     for i in range(n_layer):
@@ -229,20 +239,10 @@ def write_tiny_partial_rope(
 
     w = gguf.GGUFWriter(str(path), arch)
     # (no architecture name in the model name: llama.cpp keys tokenizer quirks on it)
-    w.add_name(f"turboctl tiny partial-RoPE test model ({n_rot} of {head_dim})")
-    w.add_context_length(n_ctx)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(n_rot)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    add_tiny_tokenizer(w)
+    add_tiny_header(w, name=f"turboctl tiny partial-RoPE test model ({n_rot} of {head_dim})", n_ctx=n_ctx,
+                    n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv,
+                    head_dim=head_dim, n_rot=n_rot, rope_base=10000.0, rms_eps=1e-5,
+                    file_type=gguf.LlamaFileType.ALL_F32)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
     for i in range(n_layer):

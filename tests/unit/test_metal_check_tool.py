@@ -3,24 +3,17 @@ line-preserving rewrites, the source-tree flattener's rules and its error, the s
 the embed recipe, the gap rules, and the message when no clang++ exists."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-CHECKER = Path(__file__).resolve().parents[2] / "scripts" / "metal_check" / "metal_check.py"
+from tests import metal_checker
 
 
 @pytest.fixture(scope="module")
 def mc() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("metal_check", CHECKER)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["metal_check"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return metal_checker.load()
 
 
 def test_rewrites_keep_lines_and_change_only_msl_syntax(mc: ModuleType) -> None:
