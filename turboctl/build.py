@@ -213,9 +213,14 @@ def run(plan: BuildPlan, ui: UI) -> manifest.Manifest:
     record = None
     if plan.selftest:
         with _phase("selftest", timings, ui):
-            record = selftest_mod.run_binary(Path(binaries[cmake.SELFTEST_TARGET].path), plan.backend.name,
-                                         plan.paths, ui)
-            (ui.ok if record.status == "pass" else ui.warn)(f"self-test {selftest_mod.describe(record)}")
+            record = selftest_mod.reusable(manifest.load_current(plan.paths), plan.backend.name, binaries)
+            if record is not None:
+                ui.ok(f"self-test: the binaries are the ones it tested, result kept: {selftest_mod.describe(record)}"
+                      " (turboctl selftest runs it again)")
+            else:
+                record = selftest_mod.run_binary(Path(binaries[cmake.SELFTEST_TARGET].path), plan.backend.name,
+                                                 plan.paths, ui)
+                (ui.ok if record.status == "pass" else ui.warn)(f"self-test {selftest_mod.describe(record)}")
     timings["total"] = round(time.monotonic() - started, 3)
     result = manifest.Manifest.model_validate({
         "schema": manifest.SCHEMA,

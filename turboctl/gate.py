@@ -25,12 +25,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import gitrepo
 from .errors import GateRefused
 from .kvconfig import is_turbo
 from .manifest import Manifest, Selftest, SelftestCase
 from .models import ModelInfo
-from .selftest import TARGET, CaseRow
+from .selftest import CaseRow
+from .selftest import stale_reason as selftest_stale_reason
 
 HeadDims = Mapping[tuple[int, int], Sequence[int]]
 """(K head dim, V head dim) → the model layers that use it (empty: SWA layers whose indices
@@ -59,21 +59,7 @@ def name_cases(cases: Sequence[SelftestCase], shown: int = SHOWN_CASES) -> str:
 
 def stale_reason(manifest: Manifest, record: Selftest) -> str | None:
     """Why the self-test record does not describe the binaries of this build (None: it does)."""
-    if record.backend != manifest.backend:
-        return f"it ran on the {record.backend} backend, this build is {manifest.backend}"
-    info = manifest.binaries.get(TARGET)
-    if info is None:
-        return f"this build has no {TARGET}"
-    if info.sha256 != record.binary_sha256:
-        return f"{TARGET} changed since (sha256 {record.binary_sha256[:12]} tested, {info.sha256[:12]} built)"
-    binary_dir = Path(record.binary).parent
-    for name, sha in sorted(record.libraries.items()):
-        path = binary_dir / name
-        if not path.is_file():
-            return f"{path} is gone"
-        if gitrepo.file_sha256(path) != sha:
-            return f"{path} changed since (sha256 {sha[:12]} tested)"
-    return None
+    return selftest_stale_reason(record, manifest.backend, manifest.binaries)
 
 
 def _relevant(case: SelftestCase, turbo: set[str], pair: str) -> bool:

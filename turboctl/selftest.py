@@ -25,14 +25,14 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import cmake, gitrepo, proc
 from .errors import SelftestFailed, ToolMissing
 from .kvconfig import TURBO_TYPES
-from .manifest import FACase, Manifest, Selftest, SelftestCase, SelftestCounts, now_iso
+from .manifest import BinaryInfo, FACase, Manifest, Selftest, SelftestCase, SelftestCounts, now_iso
 from .paths import Paths
 from .ui import UI
 
@@ -281,6 +281,35 @@ def run(manifest: Manifest, paths: Paths, ui: UI, *, log: Path | None = None,
         timeout: float = TIMEOUT_S) -> Selftest:
     """Run the self-test of this build; never raises for a failing test (see ``status``)."""
     return run_binary(manifest.binary(TARGET), manifest.backend, paths, ui, log=log, timeout=timeout)
+
+
+def stale_reason(record: Selftest, backend: str, binaries: Mapping[str, BinaryInfo]) -> str | None:
+    """Why a self-test record does not describe these binaries of a ``backend`` build (None:
+    it does: same backend, same test-backend-ops, same ggml libraries beside it)."""
+    if record.backend != backend:
+        return f"it ran on the {record.backend} backend, this build is {backend}"
+    info = binaries.get(TARGET)
+    if info is None:
+        return f"this build has no {TARGET}"
+    if info.sha256 != record.binary_sha256:
+        return f"{TARGET} changed since (sha256 {record.binary_sha256[:12]} tested, {info.sha256[:12]} built)"
+    binary_dir = Path(record.binary).parent
+    for name, sha in sorted(record.libraries.items()):
+        path = binary_dir / name
+        if not path.is_file():
+            return f"{path} is gone"
+        if gitrepo.file_sha256(path) != sha:
+            return f"{path} changed since (sha256 {sha[:12]} tested)"
+    return None
+
+
+def reusable(previous: Manifest | None, backend: str, binaries: Mapping[str, BinaryInfo]) -> Selftest | None:
+    """The passing self-test of the previous build when it tested exactly these binaries (a
+    rebuild that changed nothing need not run it again; ``turboctl selftest`` always does)."""
+    record = previous.selftest if previous else None
+    if record is None or record.status != "pass" or record.fa_cases is None:
+        return None
+    return record if stale_reason(record, backend, binaries) is None else None
 
 
 def run_binary(binary: Path, backend_name: str, paths: Paths, ui: UI, *, log: Path | None = None,

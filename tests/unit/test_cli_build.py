@@ -72,6 +72,19 @@ def test_build_twice_second_is_noop(allow_cmake: Guard, fake_world: FakeWorld) -
     assert again is not None
     assert again.cmake.configured is False and again.cmake.build_steps == 0
     assert again.binaries == current.binaries
+    # the binaries are the ones the self-test passed on: its result is kept, not run again
+    assert "self-test: the binaries are the ones it tested, result kept: pass: 4/4" in out2
+    assert again.selftest == current.selftest
+
+    # another test-backend-ops (e.g. rebuilt from other sources): the self-test runs again
+    tbo = Path(again.binaries["test-backend-ops"].path)
+    tbo.write_bytes(tbo.read_bytes() + b"\0")
+    code, out3, err3 = build(fake_world, "--source", "sdist")
+    assert code == 0, err3
+    assert "result kept" not in out3 and "self-test pass: 4/4" in out3
+    third = manifest.load_current(paths)
+    assert third is not None and third.selftest is not None and current.selftest is not None
+    assert third.selftest.binary_sha256 != current.selftest.binary_sha256
 
 
 def test_default_git_source_without_selftest(allow_cmake: Guard, fake_world: FakeWorld) -> None:
