@@ -387,7 +387,8 @@ def selftest_check(m: Manifest) -> Check:
     if c.failed:
         counts += f", {c.failed} failed"
     if c.unsupported:
-        counts += f", {c.unsupported} not supported"
+        optional = sum(1 for case in rec.unsupported if case.optional)
+        counts += f", {c.unsupported} not supported" + (f" ({optional} of them optional)" if optional else "")
     when = f"{rec.when}, {rec.duration_s:.1f} s"
     if data.get("stale"):
         return Check("self-test", "warn", f"{rec.status} ({counts}; {when}) but it ran on other binaries "
