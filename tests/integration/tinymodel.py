@@ -74,6 +74,15 @@ def add_tiny_header(w: gguf.GGUFWriter, *, name: str, n_ctx: int, n_embd: int, n
     add_tiny_tokenizer(w)
 
 
+def finish(w: gguf.GGUFWriter, path: Path) -> Path:
+    """Write the GGUF file (header, metadata, tensors) and return its path."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def write_tiny_model(
     path: Path,
     *,
@@ -121,11 +130,7 @@ def write_tiny_model(
     w.add_tensor("output_norm.weight", norm())
     w.add_tensor("output.weight", mat(n_vocab, n_embd))
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish(w, path)
 
 
 def write_tiny_gemma4(
@@ -157,27 +162,16 @@ def write_tiny_gemma4(
 
     arch = "gemma4"
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_name("turboctl tiny gemma4 test model")
-    w.add_context_length(n_ctx)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_key_length(head_dim_full)
-    w.add_value_length(head_dim_full)
+    add_tiny_header(w, name="turboctl tiny gemma4 test model", n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer,
+                    n_ff=n_ff, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim_full, n_rot=head_dim_full,
+                    rope_base=1000000.0, rms_eps=1e-6, file_type=gguf.LlamaFileType.ALL_F32)
     w.add_uint32(f"{arch}.attention.key_length_swa", head_dim_swa)
     w.add_uint32(f"{arch}.attention.value_length_swa", head_dim_swa)
     w.add_uint32(f"{arch}.attention.sliding_window", n_swa)
     w.add_array(f"{arch}.attention.sliding_window_pattern", swa)
     w.add_uint32(f"{arch}.embedding_length_per_layer_input", 0)
-    w.add_rope_dimension_count(head_dim_full)
     w.add_uint32(f"{arch}.rope.dimension_count_swa", head_dim_swa)
-    w.add_rope_freq_base(1000000.0)
     w.add_float32(f"{arch}.rope.freq_base_swa", 10000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    add_tiny_tokenizer(w)
 
     w.add_tensor("token_embd.weight", mat(n_vocab, n_embd))
     w.add_tensor("rope_freqs.weight", ones(head_dim_full // 2))
@@ -198,11 +192,7 @@ def write_tiny_gemma4(
         w.add_tensor(f"blk.{i}.post_ffw_norm.weight", ones(n_embd))
     w.add_tensor("output_norm.weight", ones(n_embd))
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish(w, path)
 
 
 PARTIAL_ROPE_ARCHS = {"glm4": "norm", "phi3": "neox"}  # architecture -> its RoPE mode in llama.cpp
@@ -260,8 +250,4 @@ def write_tiny_partial_rope(
     w.add_tensor("output_norm.weight", ones(n_embd))
     w.add_tensor("output.weight", mat(n_vocab, n_embd))
 
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish(w, path)
