@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import GateRefused
-from .kvconfig import is_turbo
+from .kv.config import is_turbo
 from .manifest import Manifest, Selftest, SelftestCase
 from .models import ModelInfo
 from .selftest import CaseRow

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KVConfigError, ModelError
-from .kvconfig import KVConfig, is_turbo
+from .kv.config import KVConfig, is_turbo
 
 TURBO_HEAD_DIMS = (64, 128, 256, 512)
 MLA_ARCHITECTURES = ("deepseek4",)

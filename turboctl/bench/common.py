@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import gate, manifest
 from ..errors import ConfigError, VerificationError
-from ..kvconfig import KVConfig
+from ..kv.config import KVConfig
 from ..models import ModelInfo, check_model_kv, inspect_model
 from ..paths import Paths
 from ..ui import UI

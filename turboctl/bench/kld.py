@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import __version__, gitrepo, proc
 from ..errors import BenchError, UsageError
-from ..kvconfig import KVConfig, parse_kv_list
+from ..kv.config import KVConfig, parse_kv_list
 from ..manifest import Manifest, now_iso
 from ..paths import Paths
 from ..ui import UI
