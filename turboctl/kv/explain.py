@@ -109,7 +109,7 @@ def to_json(ex: Explanation) -> dict[str, Any]:
             for r in plan.rows()
         ],
         "pairs": [f"{k}/{v}" for k, v in plan.pairs()],
-        "bits_per_value": round(plan.bits_per_value(), 6),
+        "bits_per_value": round(plan.bits_per_value, 6),
         "kv_bytes": {"total": k_bytes + v_bytes, "k": k_bytes, "v": v_bytes, "cells_per_layer": ex.ctx,
                      "note": SWA_NOTE if _has_swa(plan) else None},
         "mode": plan.mode_note(),
@@ -152,7 +152,7 @@ def render(ex: Explanation, ui: UI) -> None:
     ui.table("KV cache per layer", ["layers", "cache", "K", "V", "set by", "head dims K/V", "KV heads"], table)
     ui.kv("totals", [
         ("pairs", ", ".join(f"{k}/{v}" for k, v in plan.pairs()) or "none"),
-        ("bits/value", f"{plan.bits_per_value():.4f} (weighted by the values each layer's cache holds)"),
+        ("bits/value", f"{plan.bits_per_value:.4f} (weighted by the values each layer's cache holds)"),
         ("KV bytes", f"{k_bytes + v_bytes} ({_mib(k_bytes + v_bytes)}; K {k_bytes}, V {v_bytes}) at {ex.ctx} "
                      "cells per layer"),
     ])

@@ -197,6 +197,10 @@ class RecipePlan:
         """Owned layer → (K, V): what the caches hold (see :func:`turboctl.llamalog.compare`)."""
         return {r.layer.index: (r.type_k, r.type_v) for r in self.owned_rows() if r.type_k and r.type_v}
 
+    def layer_values(self) -> dict[int, tuple[int, int]]:
+        """Owned layer → values per K and V cache row (n_embd_k_gqa, n_embd_v_gqa)."""
+        return {la.index: (la.n_embd_k, la.n_embd_v) for la in self.layout.owned()}
+
     def reuse(self) -> dict[int, int]:
         """Layer → the layer whose cache it reads (layers without a cache of their own)."""
         return {la.index: la.reuses for la in self.layout.layers if la.kind == "reuse" and la.reuses is not None}
@@ -205,6 +209,24 @@ class RecipePlan:
         """The distinct (K, V) pairs of the layers that own a cache, in layer order."""
         return list(dict.fromkeys(self.table().values()))
 
+    @property
+    def label(self) -> str:
+        return self.recipe.label
+
+    @property
+    def type_k(self) -> str:
+        return self.recipe.type_k
+
+    @property
+    def type_v(self) -> str:
+        return self.recipe.type_v
+
+    @property
+    def pair(self) -> str:
+        """``K/V`` of a recipe without per-layer parts (the same on every layer), else its label."""
+        return self.recipe.label if self.recipe.per_layer else f"{self.type_k}/{self.type_v}"
+
+    @property
     def bits_per_value(self) -> float:
         """Average storage bits per cached value, each layer's K and V weighted by the values
         its cache holds per token (n_embd_k_gqa, n_embd_v_gqa)."""
