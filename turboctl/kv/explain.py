@@ -162,3 +162,7 @@ def render(ex: Explanation, ui: UI) -> None:
         ui.info(note)
     for warning in (*plan.warnings, *plan.safety()):
         ui.warn(warning)
+
+
+def schema_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "schemas" / "kv-explain.schema.json"

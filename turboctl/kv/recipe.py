@@ -287,6 +287,13 @@ class RecipePlan:
                 noun = "layer" if len(layers) == 1 else "layers"
                 out.append(f"{side} {st} on {noun} {layer_ranges(layers)} (head dim {dim}): the TurboQuant types "
                            f"support head dims {', '.join(map(str, TURBO_HEAD_DIMS))} only; llama.cpp refuses it")
+        mode = self.recipe.mode
+        idle = [lt.index for la, lt in zip(self.layout.layers, self.resolution.layers, strict=True)
+                if not la.owns and f"mode {mode}" in (lt.source_k, lt.source_v)]
+        if idle:
+            noun = "layer" if len(idle) == 1 else "layers"
+            out.append(f"TURBO_LAYER_ADAPTIVE={mode} raises {noun} {layer_ranges(idle)}, which have no KV cache of "
+                       "their own: no effect there")
         if self.layout.note:
             out.append(self.layout.note)
         return out
