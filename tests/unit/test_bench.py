@@ -384,6 +384,7 @@ def test_bench_kld_recipes(world: dict[str, Path], tmp_path: Path, monkeypatch: 
     envs = [json.loads(line) for line in envlog.read_text().splitlines()]
     assert envs == [{"TURBO_LAYER_ADAPTIVE": None, "LLAMA_ARG_KV_LAYERS": None}] * 4
     assert "warning: TURBO_LAYER_ADAPTIVE=1 is set: left out of every run" in r.stderr
+    assert "[2/3] turbo4/turbo3;0=q8_0: per layer K=q8_0 V=q8_0, K=turbo4 V=turbo3 (6.125 bits/value)" in r.stderr
     assert "warning: turbo4;mode=7: TURBO_LAYER_ADAPTIVE=7: the modes need at least 8 layers" in r.stderr
 
 

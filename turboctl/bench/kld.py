@@ -362,7 +362,7 @@ def run(plan: KldPlan, ui: UI) -> KldReport:
               f"({res.duration_s:.1f} s)")
         report = KldReport(plan, base_args, parsed[0], parsed[1], parsed[2], size, round(res.duration_s, 3))
         for i, cfg in enumerate(plan.configs, 1):
-            ui.step(f"[{i}/{n}] {cfg.label}: K={cfg.type_k} V={cfg.type_v} ({cfg.bits_per_value:g} bits/value)")
+            ui.step(f"[{i}/{n}] {cfg.label}: {cfg.describe()} ({cfg.bits_per_value:g} bits/value)")
             args = plan.candidate_command(cfg)
             res = _run(plan, args, cfg.label, ui)
             figures = parse_kld_output(res.output)

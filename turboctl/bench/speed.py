@@ -172,7 +172,7 @@ def run(plan: SpeedPlan, ui: UI) -> SpeedReport:
     report = SpeedReport(plan)
     n = len(plan.configs)
     for i, cfg in enumerate(plan.configs, 1):
-        ui.step(f"[{i}/{n}] {cfg.label}: K={cfg.type_k} V={cfg.type_v}")
+        ui.step(f"[{i}/{n}] {cfg.label}: {cfg.describe()}")
         args = plan.command(cfg)
         out = plan.log.with_name(f"{plan.log.stem}-{i}-{cfg.label.replace('/', '-')}.json")
         with common.progress(ui, f"{cfg.label}: tests") as update:

@@ -226,6 +226,12 @@ class RecipePlan:
         """``K/V`` of a recipe without per-layer parts (the same on every layer), else its label."""
         return self.recipe.label if self.recipe.per_layer else f"{self.type_k}/{self.type_v}"
 
+    def describe(self) -> str:
+        """``K=q8_0 V=turbo3``, or for a per-layer recipe the pairs its layers use."""
+        if not self.recipe.per_layer:
+            return f"K={self.type_k} V={self.type_v}"
+        return "per layer " + ", ".join(f"K={k} V={v}" for k, v in self.pairs())
+
     @property
     def bits_per_value(self) -> float:
         """Average storage bits per cached value, each layer's K and V weighted by the values
