@@ -22,7 +22,7 @@ from packaging.version import InvalidVersion, Version
 from . import __version__, proc
 from .errors import TurboctlError
 from .gate import name_cases, stale_reason
-from .kvconfig import TURBO_TYPES
+from .kv.config import TURBO_TYPES
 from .manifest import Manifest, compare, load_current
 from .patches import load_series
 from .paths import Paths

@@ -18,6 +18,9 @@ model's layers (:func:`model_head_dims`), it refuses a turbo K/V pair that has n
 FLASH_ATTN_EXT case at those head dims on this build's backend, or whose cases there failed
 or were not supported -- a GPU backend that does not implement them would run that
 attention on the CPU (``bench.common.preflight`` calls both before anything starts).
+
+:func:`check_recipe` runs both for EVERY distinct K/V pair a per-layer recipe puts in the
+model's caches, each pair at the head dims of the layers that use it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import GateRefused
-from .kvconfig import is_turbo
+from .kv.config import is_turbo
+from .kv.recipe import RecipePlan
 from .manifest import Manifest, Selftest, SelftestCase
 from .models import ModelInfo
 from .selftest import CaseRow
@@ -217,3 +221,46 @@ def _named_cases(record: Selftest, pair: str, hsk: int, hsv: int) -> list[Selfte
             out.append(c)
     return out
 
+
+
+def recipe_head_dims(plan: RecipePlan, info: ModelInfo | None = None,
+                     ) -> dict[tuple[str, str], dict[tuple[int, int], list[int]]]:
+    """Each distinct (K, V) pair of a resolved recipe → the (K, V) head dims of the layers whose
+    attention reads a cache of that pair (layers reusing another layer's cache included) →
+    those layers. With ``info``: when the file records SWA head dims but not which layers
+    use them, the SWA dims count for every pair of such layers (as :func:`model_head_dims`)."""
+    out: dict[tuple[str, str], dict[tuple[int, int], list[int]]] = {}
+    for row in plan.rows():
+        if row.type_k is None or row.type_v is None:
+            continue  # a recurrent layer: no KV cache
+        dims = out.setdefault((row.type_k, row.type_v), {})
+        dims.setdefault((row.layer.head_dim_k, row.layer.head_dim_v), []).append(row.layer.index)
+        if info is not None and info.has_swa_dims and row.layer.swa is None:
+            dims.setdefault((info.head_dim_k_swa, info.head_dim_v_swa), [])
+    return out
+
+
+def check_recipe_types(manifest: Manifest, plan: RecipePlan) -> None:
+    """:func:`check_kv_types` for every distinct K/V pair of the resolved recipe; first, every
+    type the recipe names must be one the binary accepts, used by a layer or not (llama.cpp
+    parses them all)."""
+    for t in sorted(plan.recipe.types()):
+        if t not in manifest.cache_types:
+            check_kv_types(manifest, t, t)  # raises: the binary does not accept it
+    for type_k, type_v in plan.pairs():
+        check_kv_types(manifest, type_k, type_v)
+
+
+def check_recipe_head_dims(manifest: Manifest, plan: RecipePlan, info: ModelInfo | None = None, *,
+                           model: str | None = None) -> None:
+    """:func:`check_kv_head_dims` for every distinct K/V pair of the resolved recipe, at the
+    head dims of the layers that use it."""
+    for (type_k, type_v), dims in recipe_head_dims(plan, info).items():
+        check_kv_head_dims(manifest, type_k, type_v, dims, model=model)
+
+
+def check_recipe(manifest: Manifest, plan: RecipePlan, info: ModelInfo | None = None, *,
+                 model: str | None = None) -> None:
+    """Both checks: this build may serve every K/V pair of the recipe at its layers' head dims."""
+    check_recipe_types(manifest, plan)
+    check_recipe_head_dims(manifest, plan, info, model=model)

@@ -22,12 +22,12 @@ starts; the patched llama.cpp refuses the same, but only after loading the model
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import KVConfigError, ModelError
-from .kvconfig import KVConfig, is_turbo
+from .kv.config import KVConfig, is_turbo
 
 TURBO_HEAD_DIMS = (64, 128, 256, 512)
 MLA_ARCHITECTURES = ("deepseek4",)
@@ -228,3 +228,11 @@ def check_model_kv(info: ModelInfo, cfg: KVConfig) -> None:
         raise KVConfigError(
             f"{info.path}: {'; '.join(problems)}: TurboQuant types support head dims "
             f"{', '.join(map(str, TURBO_HEAD_DIMS[:-1]))} and {TURBO_HEAD_DIMS[-1]}", hint=suggest)
+
+
+def check_model_pairs(info: ModelInfo, pairs: dict[tuple[str, str], Sequence[int]]) -> None:
+    """:func:`check_model_kv` for each (K, V) pair on the layers that use it (a per-layer recipe)."""
+    for (type_k, type_v), layers in pairs.items():
+        wanted = set(layers)
+        sub = replace(info, layers=tuple(la for la in info.layers if la.index in wanted))
+        check_model_kv(sub, KVConfig(type_k=type_k, type_v=type_v))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import cmake, gitrepo, proc
 from .errors import SelftestFailed, ToolMissing
-from .kvconfig import TURBO_TYPES
+from .kv.config import TURBO_TYPES
 from .manifest import BinaryInfo, FACase, Manifest, Selftest, SelftestCase, SelftestCounts, now_iso
 from .paths import Paths
 from .ui import UI

@@ -31,6 +31,10 @@ record = os.environ.get("FAKE_ARGS_LOG")
 if record:
     with open(record, "a") as f:
         f.write(json.dumps(args) + "\n")
+envlog = os.environ.get("FAKE_ENV_LOG")  # the per-layer KV variables each run saw
+if envlog:
+    with open(envlog, "a") as f:
+        f.write(json.dumps({k: os.environ.get(k) for k in ("TURBO_LAYER_ADAPTIVE", "LLAMA_ARG_KV_LAYERS")}) + "\n")
 ctk, ctv = arg("-ctk"), arg("-ctv")
 if os.environ.get("FAKE_PPL_FAIL") in (ctk, ctv):
     sys.stdout.write((DATA / "perplexity-turbo-fa-off.txt").read_text())
@@ -63,6 +67,10 @@ record = os.environ.get("FAKE_ARGS_LOG")
 if record:
     with open(record, "a") as f:
         f.write(json.dumps(args) + "\n")
+envlog = os.environ.get("FAKE_ENV_LOG")  # the per-layer KV variables each run saw
+if envlog:
+    with open(envlog, "a") as f:
+        f.write(json.dumps({k: os.environ.get(k) for k in ("TURBO_LAYER_ADAPTIVE", "LLAMA_ARG_KV_LAYERS")}) + "\n")
 ctk, ctv = arg("-ctk"), arg("-ctv")
 if os.environ.get("FAKE_BENCH_OUTPUT") == "garbage":
     print("not json")

@@ -359,3 +359,81 @@ def test_parse_bench_json_errors() -> None:
     good[1]["avg_ts"] = "fast"
     with pytest.raises(ValueError, match="test 2 of 4 has a malformed value"):
         speed.parse_bench_json(json.dumps(good))
+
+
+# --------------------------------------------------------------------------- recipes in --kv
+def test_bench_kld_recipes(world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    envlog = tmp_path / "env.jsonl"
+    monkeypatch.setenv("FAKE_ENV_LOG", str(envlog))
+    monkeypatch.setenv("TURBO_LAYER_ADAPTIVE", "1")  # the user's environment: left out of every run
+    r = runner.invoke(app, kld_args(world, "--kv", "q4_0,turbo4/turbo3;0=q8_0", "--kv", "turbo4;mode=7", "--json"))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [x["label"] for x in doc["results"]] == ["q4_0", "turbo4/turbo3;0=q8_0", "turbo4;mode=7"]
+    # the tiny model: 2 layers, head dim 128 for K and V: layer 0 q8_0/q8_0, layer 1 turbo4/turbo3
+    assert [x["bits_per_value"] for x in doc["results"]] == [4.5, (8.5 * 2 + 4.25 + 3.25) / 4, 4.25]
+    assert doc["results"][1]["recipe"] == {"mode": None, "rules": "0=q8_0", "pairs": ["q8_0/q8_0", "turbo4/turbo3"],
+                                           "warnings": []}
+    assert doc["results"][1]["upstream_rotated"] is True and doc["results"][2]["upstream_rotated"] is False
+    assert doc["results"][2]["recipe"]["warnings"] == [
+        "TURBO_LAYER_ADAPTIVE=7: the modes need at least 8 layers and the model has 2: no change"]
+    runs = started(world)
+    assert runs[2][-9:-3] == ["-ctk", "turbo4", "-ctv", "turbo3", "--kv-layers", "0=q8_0"]
+    assert runs[3][-9:-3] == ["-ctk", "turbo4", "-ctv", "turbo4", "--kv-adaptive", "7"]
+    assert runs[0][-4:-2] == ["-ctv", "f16"] and "--kv-layers" not in runs[0]  # the base: f16 on every layer
+    envs = [json.loads(line) for line in envlog.read_text().splitlines()]
+    assert envs == [{"TURBO_LAYER_ADAPTIVE": None, "LLAMA_ARG_KV_LAYERS": None}] * 4
+    assert "warning: TURBO_LAYER_ADAPTIVE=1 is set: left out of every run" in r.stderr
+    assert "[2/3] turbo4/turbo3;0=q8_0: per layer K=q8_0 V=q8_0, K=turbo4 V=turbo3 (6.125 bits/value)" in r.stderr
+    assert "warning: turbo4;mode=7: TURBO_LAYER_ADAPTIVE=7: the modes need at least 8 layers" in r.stderr
+
+
+def test_bench_speed_recipes(world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    envlog = tmp_path / "env.jsonl"
+    monkeypatch.setenv("FAKE_ENV_LOG", str(envlog))
+    monkeypatch.setenv("LLAMA_ARG_KV_LAYERS", "0=f16")
+    r = runner.invoke(app, speed_args(world, "--kv", "turbo4/turbo3;-1=q8_0,turbo4;mode=7", "--json"))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [x["label"] for x in doc["results"]] == ["turbo4/turbo3;-1=q8_0", "turbo4;mode=7"]
+    assert doc["results"][0]["bits_per_value"] == (4.25 + 3.25 + 8.5 * 2) / 4
+    assert doc["results"][0]["recipe"] == {"mode": None, "rules": "-1=q8_0",
+                                           "pairs": ["turbo4/turbo3", "q8_0/q8_0"], "env": {}}
+    assert doc["results"][1]["recipe"]["env"] == {"TURBO_LAYER_ADAPTIVE": "7"}
+    runs = started(world)
+    assert runs[0][2:10] == ["-fa", "1", "-ctk", "turbo4", "-ctv", "turbo3", "-kvl", "-1=q8_0"]
+    assert runs[1][2:8] == ["-fa", "1", "-ctk", "turbo4", "-ctv", "turbo4"] and "-kvl" not in runs[1]
+    envs = [json.loads(line) for line in envlog.read_text().splitlines()]
+    assert envs == [{"TURBO_LAYER_ADAPTIVE": None, "LLAMA_ARG_KV_LAYERS": None},
+                    {"TURBO_LAYER_ADAPTIVE": "7", "LLAMA_ARG_KV_LAYERS": None}]
+    assert "TURBO_LAYER_ADAPTIVE=7 " in r.stderr + r.stdout  # the command to run by hand names the variable
+
+
+def test_bench_recipe_errors_before_anything_starts(world: dict[str, Path]) -> None:
+    cases = [
+        (["--kv", "turbo4;0..=q8_0"], 2, 'kv layers: rule 1 "0..=q8_0" at column 4: expected a layer index'),
+        (["--kv", "turbo4;5=q8_0"], 13, 'kv layers: rule 1 "5=q8_0" at column 1: layer 5 is out of range: the model '
+                                        "has 2 layers (0..1, or -2..-1)"),
+        (["--kv", "turbo4;0=q8_0;0=-/f16"], 13, "layer 0 V is already set by rule 1"),
+        # every distinct pair goes through the gate: turbo2/turbo4 has no FLASH_ATTN_EXT case in the self-test
+        (["--kv", "turbo4/turbo3;1=turbo2/turbo4"], 12, "refusing K=turbo2 V=turbo4 on the cpu backend: the self-test "
+                                                        "has no FLASH_ATTN_EXT case for this K/V pair"),
+    ]
+    for extra, code, message in cases:
+        r = runner.invoke(app, kld_args(world, *extra))
+        assert r.exit_code == code, r.output
+        assert message in r.stderr
+        r = runner.invoke(app, speed_args(world, *extra))
+        assert r.exit_code == code and message in r.stderr
+    assert started(world) == []
+
+
+def test_bench_recipe_a_build_without_the_type(world: dict[str, Path]) -> None:
+    fake_build(get_paths().home, cache_types=["f32", "f16", "q8_0", "q4_0"])
+    r = runner.invoke(app, kld_args(world, "--kv", "q8_0;1=-/turbo3"))
+    assert r.exit_code == 12
+    assert "this build's llama.cpp does not accept the KV cache type turbo3" in r.stderr
+    # a type the recipe names but no layer ends up with is refused too (llama.cpp parses it)
+    r = runner.invoke(app, kld_args(world, "--kv", "q8_0;mode=5"))
+    assert r.exit_code == 12 and "does not accept the KV cache type turbo4" in r.stderr
+    assert started(world) == []

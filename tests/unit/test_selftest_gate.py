@@ -568,3 +568,33 @@ def test_recorded_cuda_selftest_refuses_every_turbo_type() -> None:
             gate.check_kv_types(m, k, v)
     gate.check_kv_types(m, "q8_0", "q8_0")
     gate.check_kv_types(m, "f16", "q4_0")
+
+
+# --------------------------------------------------------------------------- recipes: every pair
+def test_gate_checks_every_pair_of_a_recipe_at_its_layers_head_dims(tmp_path: Path) -> None:
+    from tests.unit import kvmodels
+    from turboctl.kv.layout import read_layout
+    from turboctl.kv.recipe import parse_recipe
+
+    # a self-test without turbo4/turbo3 cases at head dims 512/512; the gemma4-like model has
+    # SWA layers at 256 and global layers (3, 7; 11 reuses 7) at 512
+    sql = "\n".join(ln for ln in SQL.read_text().splitlines()
+                    if not ("'FLASH_ATTN_EXT', 'hsk=512,hsv=512," in ln and "type_K=turbo4,type_V=turbo3," in ln))
+    m = fake_build(home(), sql=sql)
+    info, layout = read_layout(kvmodels.gemma4(tmp_path / "g.gguf"))
+    # turbo4/turbo3 only on the SWA layers: passes
+    plan = parse_recipe("turbo4/turbo3;3+7=q8_0").resolve(layout)
+    assert gate.recipe_head_dims(plan, info) == {
+        ("turbo4", "turbo3"): {(256, 256): [0, 1, 2, 4, 5, 6, 8, 9, 10]}, ("q8_0", "q8_0"): {(512, 512): [3, 7, 11]}}
+    gate.check_recipe(m, plan, info, model="g.gguf")
+    # on the global layers: refused, naming the layers (11 reads layer 7's cache)
+    plan = parse_recipe("q8_0/turbo3;3+7=turbo4/turbo3").resolve(layout)
+    with pytest.raises(GateRefused) as err:
+        gate.check_recipe(m, plan, info, model="g.gguf")
+    assert err.value.message.startswith(
+        "refusing K=turbo4 V=turbo3 on the cpu backend: the self-test has no FLASH_ATTN_EXT case for this pair at "
+        "head dims K 512 / V 512 (layers 3, 7, 11 of g.gguf)")
+    # a pair the self-test never ran is refused even on one layer
+    with pytest.raises(GateRefused, match="refusing K=turbo2 V=turbo4 on the cpu backend: the self-test has no "
+                                          "FLASH_ATTN_EXT case for this K/V pair"):
+        gate.check_recipe(m, parse_recipe("q8_0;0=turbo2/turbo4").resolve(layout), info)

@@ -14,8 +14,9 @@ from typing import Any
 
 from .. import gate, manifest
 from ..errors import ConfigError, VerificationError
-from ..kvconfig import KVConfig
-from ..models import ModelInfo, check_model_kv, inspect_model
+from ..kv.layout import read_layout
+from ..kv.recipe import ENV_MODE, ENV_RULES, Recipe, RecipePlan
+from ..models import ModelInfo, check_model_pairs
 from ..paths import Paths
 from ..ui import UI
 
@@ -38,17 +39,37 @@ def tool(m: manifest.Manifest, name: str) -> Path:
     return path
 
 
-def preflight(m: manifest.Manifest, model: Path, configs: Sequence[KVConfig]) -> ModelInfo:
-    """Refuse before anything starts: every configuration through the gate, then against the
-    model (its head dims), then through the gate again with the model's per-layer K/V head
+def preflight(m: manifest.Manifest, model: Path, recipes: Sequence[Recipe]) -> tuple[ModelInfo, list[RecipePlan]]:
+    """Refuse before anything starts: every recipe resolved on the model's layers (GGUF
+    metadata only), every distinct K/V pair it uses through the gate, then against the model
+    (the head dims of the layers with that pair), then through the gate again at those head
     dims (the self-test must have passed that pair at those head dims on this backend)."""
-    info = inspect_model(model)
-    head_dims = gate.model_head_dims(info)
-    for cfg in configs:
-        gate.check_kv_types(m, cfg.type_k, cfg.type_v)
-        check_model_kv(info, cfg)
-        gate.check_kv_head_dims(m, cfg.type_k, cfg.type_v, head_dims, model=model.name)
-    return info
+    info, layout = read_layout(model)
+    plans = []
+    for recipe in recipes:
+        plan = recipe.resolve(layout)
+        dims = gate.recipe_head_dims(plan, info)
+        gate.check_recipe_types(m, plan)
+        check_model_pairs(info, {pair: [i for layers in d.values() for i in layers] for pair, d in dims.items()})
+        gate.check_recipe_head_dims(m, plan, info, model=model.name)
+        plans.append(plan)
+    return info, plans
+
+
+def llama_env(plan: RecipePlan | None = None, *, with_mode: bool = False) -> dict[str, str]:
+    """The environment for a llama.cpp run: this one without the per-layer KV variables
+    (TURBO_LAYER_ADAPTIVE, LLAMA_ARG_KV_LAYERS: a run uses exactly its recipe, the f16 base
+    exactly f16), plus the recipe's mode for a tool that reads it only from the environment
+    (``with_mode``: llama-bench)."""
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_MODE, ENV_RULES)}
+    if with_mode and plan is not None:
+        env.update(plan.recipe.env())
+    return env
+
+
+def ignored_env() -> list[str]:
+    """The per-layer KV variables set in this environment, which the bench runs leave out."""
+    return [f"{k}={os.environ[k]}" for k in (ENV_MODE, ENV_RULES) if k in os.environ]
 
 
 def log_path(paths: Paths, name: str) -> Path:

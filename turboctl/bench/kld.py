@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import __version__, gitrepo, proc
 from ..errors import BenchError, UsageError
-from ..kvconfig import KVConfig, parse_kv_list
+from ..kv.recipe import RecipePlan, parse_recipe_list
 from ..manifest import Manifest, now_iso
 from ..paths import Paths
 from ..ui import UI
@@ -252,7 +252,7 @@ class KldPlan:
     ctx: int
     chunks: int | None
     threads: int
-    configs: tuple[KVConfig, ...]
+    configs: tuple[RecipePlan, ...]
     base_file: Path
     keep_base: bool
     log: Path
@@ -267,8 +267,8 @@ class KldPlan:
         return [*self._common(), "-fa", "on", "-ctk", "f16", "-ctv", "f16",
                 "--kl-divergence-base", str(self.base_file)]
 
-    def candidate_command(self, cfg: KVConfig) -> list[str]:
-        return [*self._common(), "-fa", "on", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
+    def candidate_command(self, cfg: RecipePlan) -> list[str]:
+        return [*self._common(), *cfg.recipe.llama_args(),
                 "--kl-divergence-base", str(self.base_file), "--kl-divergence"]
 
 
@@ -282,9 +282,9 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, corpus: Path, ctx: int,
         raise UsageError(f"--threads {threads}: must be at least 1")
     if not corpus.is_file():
         raise UsageError(f"--corpus {corpus}: file not found")
-    configs = parse_kv_list(kv, DEFAULT_KV)
+    recipes = parse_recipe_list(kv, DEFAULT_KV)
     binary = common.tool(m, TOOL)
-    common.preflight(m, model, configs)
+    _, configs = common.preflight(m, model, recipes)
     log = common.log_path(paths, "bench-kld")
     base_dir = paths.cache / "kld"
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, corpus: Path, ctx: int,
 # --------------------------------------------------------------------------- run
 @dataclass
 class RunResult:
-    config: KVConfig
+    config: RecipePlan
     command: list[str]
     duration_s: float
     figures: KldFigures
@@ -334,7 +334,7 @@ class _Chunks:
 def _run(plan: KldPlan, args: list[str], label: str, ui: UI) -> proc.Result:
     with common.progress(ui, f"{label}: chunks") as update:
         chunks = _Chunks(update)
-        return proc.run(args, log=plan.log, on_line=chunks.feed, error=BenchError,
+        return proc.run(args, env=common.llama_env(), log=plan.log, on_line=chunks.feed, error=BenchError,
                         what=f"{TOOL} ({label})",
                         hint="the log has the full output; run the command above by hand to see it")
 
@@ -343,6 +343,11 @@ def run(plan: KldPlan, ui: UI) -> KldReport:
     """The base run, then every configuration; the base file is removed at the end unless
     ``keep_base`` (also when a run fails)."""
     ui.info(f"log: {plan.log}")
+    for var in common.ignored_env():
+        ui.warn(f"{var} is set: left out of every run (each recipe says its per-layer types)")
+    for cfg in plan.configs:
+        for warning in cfg.warnings:
+            ui.warn(f"{cfg.label}: {warning}")
     n = len(plan.configs)
     try:
         ui.step(f"[0/{n}] base: f16 K/V logits → {plan.base_file}")
@@ -357,7 +362,7 @@ def run(plan: KldPlan, ui: UI) -> KldReport:
               f"({res.duration_s:.1f} s)")
         report = KldReport(plan, base_args, parsed[0], parsed[1], parsed[2], size, round(res.duration_s, 3))
         for i, cfg in enumerate(plan.configs, 1):
-            ui.step(f"[{i}/{n}] {cfg.label}: K={cfg.type_k} V={cfg.type_v} ({cfg.bits_per_value:g} bits/value)")
+            ui.step(f"[{i}/{n}] {cfg.label}: {cfg.describe()} ({cfg.bits_per_value:g} bits/value)")
             args = plan.candidate_command(cfg)
             res = _run(plan, args, cfg.label, ui)
             figures = parse_kld_output(res.output)
@@ -376,7 +381,7 @@ def run(plan: KldPlan, ui: UI) -> KldReport:
 # --------------------------------------------------------------------------- output
 def pipeline_check(report: KldReport) -> dict[str, Any] | None:
     for r in report.results:
-        if r.config.type_k == "f16" and r.config.type_v == "f16":
+        if r.config.pair == "f16/f16":
             ok = abs(r.figures.mean_kld) <= PIPELINE_KLD_MAX
             return {"ok": ok, "f16_mean_kld": r.figures.mean_kld, "limit": PIPELINE_KLD_MAX}
     return None
@@ -384,7 +389,7 @@ def pipeline_check(report: KldReport) -> dict[str, Any] | None:
 
 def notes(report: KldReport) -> list[str]:
     out: list[str] = []
-    if any(r.config.upstream_rotated for r in report.results):
+    if any(r.config.upstream_rotated() for r in report.results):
         if os.environ.get("LLAMA_ATTN_ROT_DISABLE"):
             out.append("LLAMA_ATTN_ROT_DISABLE is set: upstream's attn_rot was OFF in these runs "
                        "(q8_0/q4_0/iq4_nl rows are unrotated)")
@@ -396,6 +401,12 @@ def notes(report: KldReport) -> list[str]:
                    f"{check['f16_mean_kld']:.6f} (expected ~0, at most {PIPELINE_KLD_MAX}): the runs "
                    "differ by more than the KV cache")
     return out
+
+
+def _recipe_json(plan: RecipePlan) -> dict[str, Any]:
+    """What a recipe row ran: its mode and rules, the distinct K/V pairs its layers use."""
+    return {"mode": plan.recipe.mode, "rules": plan.recipe.rules.canonical or None,
+            "pairs": [f"{k}/{v}" for k, v in plan.pairs()], "warnings": list(plan.warnings)}
 
 
 def to_json(report: KldReport, m: Manifest) -> dict[str, Any]:
@@ -430,7 +441,8 @@ def to_json(report: KldReport, m: Manifest) -> dict[str, Any]:
                 "type_k": r.config.type_k,
                 "type_v": r.config.type_v,
                 "bits_per_value": r.config.bits_per_value,
-                "upstream_rotated": r.config.upstream_rotated,
+                "recipe": _recipe_json(r.config),
+                "upstream_rotated": r.config.upstream_rotated(),
                 "command": r.command,
                 "command_line": common.shell(r.command),
                 "duration_s": r.duration_s,
@@ -462,7 +474,7 @@ def render(report: KldReport, m: Manifest, ui: UI) -> None:
     for r in report.results:
         f = r.figures
         rows.append([
-            r.config.label + (" *" if r.config.upstream_rotated else ""),
+            r.config.label + (" *" if r.config.upstream_rotated() else ""),
             f"{r.config.bits_per_value:g}",
             f"{f.mean_kld:.6f} ± {f.mean_kld_error:.6f}",
             f"{f.kld_99:.6f}",

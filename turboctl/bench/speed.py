@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import __version__, proc
 from ..errors import BenchError, UsageError
-from ..kvconfig import KVConfig, parse_kv_list
+from ..kv.recipe import RecipePlan, parse_recipe_list
 from ..manifest import Manifest, now_iso
 from ..paths import Paths
 from ..ui import UI
@@ -100,7 +100,7 @@ def parse_depths(text: str) -> list[int]:
 class SpeedPlan:
     bench: Path
     model: Path
-    configs: tuple[KVConfig, ...]
+    configs: tuple[RecipePlan, ...]
     n_prompt: int
     n_gen: int
     depths: tuple[int, ...]
@@ -113,8 +113,8 @@ class SpeedPlan:
         tests = ([f"pp{self.n_prompt}"] if self.n_prompt else []) + ([f"tg{self.n_gen}"] if self.n_gen else [])
         return [(t, d) for d in self.depths for t in tests]
 
-    def command(self, cfg: KVConfig) -> list[str]:
-        return [str(self.bench), "-m", str(self.model), "-fa", "1", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
+    def command(self, cfg: RecipePlan) -> list[str]:
+        return [str(self.bench), "-m", str(self.model), "-fa", "1", *cfg.recipe.bench_args(),
                 "-p", str(self.n_prompt), "-n", str(self.n_gen), "-d", ",".join(map(str, self.depths)),
                 "-t", str(self.threads), "-r", str(self.reps), "-o", "json", "--progress"]
 
@@ -128,9 +128,9 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, kv: Sequence[str], n_pr
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: must be at least 1")
     depths = parse_depths(depth)
-    configs = parse_kv_list(kv, DEFAULT_KV)
+    recipes = parse_recipe_list(kv, DEFAULT_KV)
     binary = common.tool(m, TOOL)
-    common.preflight(m, model, configs)
+    _, configs = common.preflight(m, model, recipes)
     return SpeedPlan(bench=binary, model=model.resolve(), configs=tuple(configs), n_prompt=n_prompt,
                      n_gen=n_gen, depths=tuple(depths), threads=threads or os.cpu_count() or 1, reps=reps,
                      log=common.log_path(paths, "bench-speed"))
@@ -138,7 +138,7 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, kv: Sequence[str], n_pr
 
 @dataclass
 class ConfigRun:
-    config: KVConfig
+    config: RecipePlan
     command: list[str]
     duration_s: float
     output: Path
@@ -161,13 +161,18 @@ class SpeedReport:
 
 def run(plan: SpeedPlan, ui: UI) -> SpeedReport:
     ui.info(f"log: {plan.log}")
+    for var in common.ignored_env():
+        ui.warn(f"{var} is set: left out of every run (each recipe says its per-layer types)")
     ui.info("the llama-bench commands, to run by hand (e.g. on another Mac with the same build):")
     for cfg in plan.configs:
-        ui.info("  " + common.shell(plan.command(cfg)))
+        env = " ".join(f"{k}={v}" for k, v in cfg.recipe.env().items())
+        ui.info("  " + (env + " " if env else "") + common.shell(plan.command(cfg)))
+        for warning in cfg.warnings:
+            ui.warn(f"{cfg.label}: {warning}")
     report = SpeedReport(plan)
     n = len(plan.configs)
     for i, cfg in enumerate(plan.configs, 1):
-        ui.step(f"[{i}/{n}] {cfg.label}: K={cfg.type_k} V={cfg.type_v}")
+        ui.step(f"[{i}/{n}] {cfg.label}: {cfg.describe()}")
         args = plan.command(cfg)
         out = plan.log.with_name(f"{plan.log.stem}-{i}-{cfg.label.replace('/', '-')}.json")
         with common.progress(ui, f"{cfg.label}: tests") as update:
@@ -177,7 +182,8 @@ def run(plan: SpeedPlan, ui: UI) -> SpeedReport:
                     if done.isdigit() and total.isdigit():
                         update(int(done) - 1, int(total))
 
-            res = proc.run(args, log=plan.log, on_line=feed, stdout_path=out,
+            res = proc.run(args, env=common.llama_env(cfg, with_mode=True), log=plan.log, on_line=feed,
+                           stdout_path=out,
                            error=BenchError, what=f"{TOOL} ({cfg.label})",
                            hint="the log has the full output; run the command above by hand to see it")
         try:
@@ -198,7 +204,7 @@ def run(plan: SpeedPlan, ui: UI) -> SpeedReport:
     return report
 
 
-def check_measurements(plan: SpeedPlan, cfg: KVConfig, measurements: Sequence[Measurement]) -> str | None:
+def check_measurements(plan: SpeedPlan, cfg: RecipePlan, measurements: Sequence[Measurement]) -> str | None:
     """What is wrong with the tests of one configuration's document (None when nothing): tests
     for other cache types, or tests the plan asked for that it lacks."""
     wrong = [ms for ms in measurements if (ms.type_k, ms.type_v) != (cfg.type_k, cfg.type_v)]
@@ -241,6 +247,9 @@ def to_json(report: SpeedReport, m: Manifest) -> dict[str, Any]:
                 "type_k": run_.config.type_k,
                 "type_v": run_.config.type_v,
                 "bits_per_value": run_.config.bits_per_value,
+                "recipe": {"mode": run_.config.recipe.mode, "rules": run_.config.recipe.rules.canonical or None,
+                           "pairs": [f"{k}/{v}" for k, v in run_.config.pairs()],
+                           "env": run_.config.recipe.env()},
                 "command": run_.command,
                 "command_line": common.shell(run_.command),
                 "duration_s": run_.duration_s,

@@ -21,8 +21,10 @@ app = typer.Typer(
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="The GGUF model file.", show_default=False)]
 KvOpt = Annotated[
     list[str] | None,
-    typer.Option("--kv", help="A KV configuration: TYPE (K and V alike) or K/V, e.g. q4_0 or q8_0/turbo3; "
-                              "repeat it (or separate with commas) for several. Replaces the defaults.",
+    typer.Option("--kv", help="A KV recipe: TYPE (K and V alike) or K/V, then optionally ;mode=N (a "
+                              "TURBO_LAYER_ADAPTIVE mode), then optionally ;RULES (per-layer types), e.g. q4_0, "
+                              "q8_0/turbo3 or 'turbo4/turbo3;0..1+-2..-1=q8_0' (see turboctl kv explain); repeat it "
+                              "(or separate with commas) for several. Replaces the defaults.",
                  show_default=False),
 ]
 ThreadsOpt = Annotated[

@@ -8,6 +8,7 @@ from .. import __version__
 from . import bench as bench_cmd
 from . import build as build_cmd
 from . import doctor as doctor_cmd
+from . import kv as kv_cmd
 from . import selftest as selftest_cmd
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.command("build")(build_cmd.build)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("selftest")(selftest_cmd.selftest)
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(kv_cmd.app, name="kv")
 
 
 def run() -> None:

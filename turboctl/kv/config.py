@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from .errors import KVConfigError, UsageError
+from ..errors import KVConfigError, UsageError
 
 TURBO_TYPES = ("turbo2", "turbo3", "turbo4")
 
