@@ -70,4 +70,39 @@ template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_q8_0_dk128_dv128")]
 template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_q8_0_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_q8_0, 8, dequantize_q8_0_t4, 256, 256, 1>;
 template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_q8_0_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_q8_0, 8, dequantize_q8_0_t4, 512, 512, 1>;
 
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo4_dk64_dv64")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo4, 16, dequantize_turbo4_t4, 64, 64, 2>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo4_dk128_dv128")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo4, 16, dequantize_turbo4_t4, 128, 128, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo4_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo4, 16, dequantize_turbo4_t4, 256, 256, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo4_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo4, 16, dequantize_turbo4_t4, 512, 512, 1>;
+
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo4_turbo2_dk64_dv64")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo4, 16, dequantize_turbo4_t4, block_turbo2, 16, dequantize_turbo2_t4, 64, 64, 2>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo4_turbo2_dk128_dv128")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo4, 16, dequantize_turbo4_t4, block_turbo2, 16, dequantize_turbo2_t4, 128, 128, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo4_turbo2_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo4, 16, dequantize_turbo4_t4, block_turbo2, 16, dequantize_turbo2_t4, 256, 256, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo4_turbo2_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo4, 16, dequantize_turbo4_t4, block_turbo2, 16, dequantize_turbo2_t4, 512, 512, 1>;
+
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo2_dk64_dv64")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo2, 16, dequantize_turbo2_t4, 64, 64, 2>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo2_dk128_dv128")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo2, 16, dequantize_turbo2_t4, 128, 128, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo2_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo2, 16, dequantize_turbo2_t4, 256, 256, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_turbo2_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, block_turbo2, 16, dequantize_turbo2_t4, 512, 512, 1>;
+
+template [[host_name("kernel_flash_attn_ext_vec_turbo_q8_0_turbo2_dk64_dv64")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_q8_0, 8, dequantize_q8_0_t4, block_turbo2, 16, dequantize_turbo2_t4, 64, 64, 2>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_q8_0_turbo2_dk128_dv128")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_q8_0, 8, dequantize_q8_0_t4, block_turbo2, 16, dequantize_turbo2_t4, 128, 128, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_q8_0_turbo2_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_q8_0, 8, dequantize_q8_0_t4, block_turbo2, 16, dequantize_turbo2_t4, 256, 256, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_q8_0_turbo2_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_q8_0, 8, dequantize_q8_0_t4, block_turbo2, 16, dequantize_turbo2_t4, 512, 512, 1>;
+
+template [[host_name("kernel_flash_attn_ext_vec_turbo_f16_turbo2_dk64_dv64")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, half4, 1, dequantize_f16_t4, block_turbo2, 16, dequantize_turbo2_t4, 64, 64, 2>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_f16_turbo2_dk128_dv128")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, half4, 1, dequantize_f16_t4, block_turbo2, 16, dequantize_turbo2_t4, 128, 128, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_f16_turbo2_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, half4, 1, dequantize_f16_t4, block_turbo2, 16, dequantize_turbo2_t4, 256, 256, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_f16_turbo2_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, half4, 1, dequantize_f16_t4, block_turbo2, 16, dequantize_turbo2_t4, 512, 512, 1>;
+
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo2_turbo3_dk64_dv64")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo2, 16, dequantize_turbo2_t4, block_turbo3, 16, dequantize_turbo3_t4, 64, 64, 2>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo2_turbo3_dk128_dv128")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo2, 16, dequantize_turbo2_t4, block_turbo3, 16, dequantize_turbo3_t4, 128, 128, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo2_turbo3_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo2, 16, dequantize_turbo2_t4, block_turbo3, 16, dequantize_turbo3_t4, 256, 256, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo2_turbo3_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo2, 16, dequantize_turbo2_t4, block_turbo3, 16, dequantize_turbo3_t4, 512, 512, 1>;
+
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_f16_dk64_dv64")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, half4, 1, dequantize_f16_t4, 64, 64, 2>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_f16_dk128_dv128")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, half4, 1, dequantize_f16_t4, 128, 128, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_f16_dk256_dv256")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, half4, 1, dequantize_f16_t4, 256, 256, 1>;
+template [[host_name("kernel_flash_attn_ext_vec_turbo_turbo3_f16_dk512_dv512")]] kernel flash_attn_ext_vec_t kernel_flash_attn_ext_vec<FA_TYPES, block_turbo3, 16, dequantize_turbo3_t4, half4, 1, dequantize_f16_t4, 512, 512, 1>;
+
 #undef FA_TYPES

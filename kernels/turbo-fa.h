@@ -24,6 +24,14 @@ static const char * const turbo_fa_pairs[][2] = {
     { "q8_0",   "turbo3" },
     { "f16",    "turbo3" },
     { "turbo3", "q8_0"   },
+    // per-layer recipes: a raised V beside a lower K, and turbo2 V in the middle layers
+    { "turbo3", "turbo4" },
+    { "turbo4", "turbo2" },
+    { "turbo3", "turbo2" },
+    { "q8_0",   "turbo2" },
+    { "f16",    "turbo2" },
+    { "turbo2", "turbo3" },
+    { "turbo3", "f16"    },
 };
 
 #define TURBO_FA_N_PAIRS ((int) (sizeof(turbo_fa_pairs) / sizeof(turbo_fa_pairs[0])))
