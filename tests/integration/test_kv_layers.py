@@ -300,7 +300,8 @@ def test_a_mode_on_fewer_than_8_layers_warns_and_changes_nothing(llama_build: ma
                  lambda p: p)
     log = serve_and_check(llama_build, tmp_path, fam, model, ["-ctk", "turbo4", "-ctv", "turbo4"],
                           expected_types(4, "turbo4", "turbo4"), env={"TURBO_LAYER_ADAPTIVE": "7"})
-    assert any("TURBO_LAYER_ADAPTIVE=7" in ln and "8 layers" in ln for ln in log.splitlines()), log[-3000:]
+    warn = [ln for ln in log.splitlines() if "TURBO_LAYER_ADAPTIVE=7" in ln and (" W " in ln or "warn" in ln.lower())]
+    assert warn, "no warning that the mode does not apply:\n" + log[-3000:]
 
 
 def test_an_unknown_mode_is_refused(llama_build: manifest.Manifest, models: dict[str, tuple[Family, Path]]) -> None:
@@ -327,7 +328,7 @@ BAD_RULES = [
     ("0=q8_0/q4_K", SYNTAX, 1, "0=q8_0/q4_K", 8, "'q4_K' is not a KV cache type (accepted: "),
     ("0..3=q8_0;2=f16", NEEDS_MODEL, 2, "2=f16", 11, "layer 2 K is already set by rule 1"),
     ("0..3=-/q8_0;2=-/f16", NEEDS_MODEL, 2, "2=-/f16", 13, "layer 2 V is already set by rule 1"),
-    ("0=f16;3..1=q8_0", SYNTAX, 2, "3..1=q8_0", 7, "empty range 3..1"),
+    ("0=f16;3..1=q8_0", NEEDS_MODEL, 2, "3..1=q8_0", 7, "empty range 3..1"),
     ("-1..-2=q8_0", NEEDS_MODEL, 1, "-1..-2=q8_0", 1, "empty range "),
     ("0..=q8_0", SYNTAX, 1, "0..=q8_0", 4, "expected a layer index"),
     ("0-1=q8_0", SYNTAX, 1, "0-1=q8_0", 2, "expected '..', '+' or '='"),
