@@ -165,8 +165,14 @@ struct fixture {
     std::string kv_layers_f16k; // the same with K sides '-'
     int kv_adaptive = -1;
 
+    // the recipe (rules on top of type_k/type_v)
     llama_context * context(ggml_type type_k, ggml_type type_v, int n_seq = 1) const {
-        return context_rules(type_k, type_v, type_k == GGML_TYPE_F16 ? kv_layers_f16k : kv_layers, n_seq);
+        return context_rules(type_k, type_v, kv_layers, n_seq);
+    }
+
+    // the reference: an f16 K on every layer, the recipe's V types
+    llama_context * context_f16k(ggml_type type_v) const {
+        return context_rules(GGML_TYPE_F16, type_v, kv_layers_f16k);
     }
 
     llama_context * context_rules(ggml_type type_k, ggml_type type_v, const std::string & rules, int n_seq = 1) const {
@@ -194,8 +200,8 @@ struct fixture {
 
     // the tail after 300 tokens of which the first 100 are dropped; moved: the other 200 are
     // moved back by 100 positions (a K-shift) and the tail decoded at 200, otherwise at 300
-    logits_t dropped_tail(ggml_type type_k, ggml_type type_v, bool moved) const {
-        llama_context * ctx = context(type_k, type_v);
+    logits_t dropped_tail(ggml_type type_k, ggml_type type_v, bool moved, bool f16k = false) const {
+        llama_context * ctx = f16k ? context_f16k(type_v) : context(type_k, type_v);
         decode(ctx, slice(toks, 0, 300), 0, n_vocab);
         llama_memory_t mem = llama_get_memory(ctx);
         llama_memory_seq_rm(mem, 0, 0, 100);
@@ -270,8 +276,8 @@ int main(int argc, char ** argv) {
     //    the same drop without the move (same relative positions)
     const auto ref     = fx.dropped_tail(type_k, type_v, false);
     const auto shifted = fx.dropped_tail(type_k, type_v, true);
-    const auto ref_kf16     = fx.dropped_tail(GGML_TYPE_F16, type_v, false);
-    const auto shifted_kf16 = fx.dropped_tail(GGML_TYPE_F16, type_v, true);
+    const auto ref_kf16     = fx.dropped_tail(type_k, type_v, false, true);
+    const auto shifted_kf16 = fx.dropped_tail(type_k, type_v, true, true);
     const double kl_shift     = kl(ref, shifted);
     const double kl_shift_f16 = kl(ref_kf16, shifted_kf16);
     const double kl_noise     = kl(ref_kf16, ref);

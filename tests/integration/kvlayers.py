@@ -122,10 +122,12 @@ TOTAL_RE = re.compile(r"llama_context: KV cache total: (\d+) bytes in (\d+) cach
 SEGMENT_RE = re.compile(r"^(\d+)(?:-(\d+))? (\w+)/(\w+|-)$")
 
 
-def parse_kv_log(log: str) -> list[ContextLog]:
-    """Every context's KV cache lines, in log order."""
-    contexts: list[ContextLog] = []
-    current: list[CacheLog] = []
+def parse_kv_log(log: str, caches_per_context: int) -> list[ContextLog]:
+    """Every context's KV cache lines, in log order: each ``caches_per_context`` caches make
+    a context, and its 'KV cache total' line (None where there is none) is the first one
+    after them."""
+    caches: list[CacheLog] = []
+    totals: list[tuple[int, tuple[int, int]]] = []  # (number of caches before it, (bytes, caches))
     for line in log.splitlines():
         if m := LAYERS_RE.search(line):
             segs = []
@@ -133,20 +135,24 @@ def parse_kv_log(log: str) -> list[ContextLog]:
                 s = SEGMENT_RE.match(part.strip())
                 assert s, f"cannot read the KV layers segment {part!r} of: {line}"
                 segs.append((int(s[1]), int(s[2] or s[1]), s[3], s[4]))
-            current.append(CacheLog(segs))
+            caches.append(CacheLog(segs))
         elif m := REUSE_RE.search(line):
-            assert current, line
+            assert caches, line
             for part in m[1].split(" | "):
                 a, b = part.strip().split("->")
-                current[-1].reuse[int(a)] = int(b)
+                caches[-1].reuse[int(a)] = int(b)
         elif m := BYTES_RE.search(line):
-            assert current, line
-            current[-1].nbytes = tuple(int(x) for x in m.groups())  # type: ignore[assignment]
+            assert caches, line
+            caches[-1].nbytes = tuple(int(x) for x in m.groups())  # type: ignore[assignment]
         elif m := TOTAL_RE.search(line):
-            contexts.append(ContextLog(current, (int(m[1]), int(m[2]))))
-            current = []
-    assert not current, f"KV cache lines without a 'KV cache total' line: {current}"
-    return contexts
+            totals.append((len(caches), (int(m[1]), int(m[2]))))
+    assert len(caches) % caches_per_context == 0, f"{len(caches)} KV caches logged, {caches_per_context} per context"
+    out = []
+    for i in range(0, len(caches), caches_per_context):
+        end = i + caches_per_context
+        total = next((t for n, t in totals if n == end), None)
+        out.append(ContextLog(caches[i:end], total))
+    return out
 
 
 def check_context(ctx: ContextLog, fam: Family, types: Types, n_ctx: int) -> None:
@@ -181,12 +187,13 @@ def check_context(ctx: ContextLog, fam: Family, types: Types, n_ctx: int) -> Non
         total += nbytes
     if len(fam.caches) > 1:  # the full-attention cache holds the whole context
         assert ctx.caches[0].nbytes is not None and ctx.caches[0].nbytes[4] == n_ctx
-    assert ctx.total == (total, len(fam.caches)), f"KV cache total {ctx.total}, the caches add up to {total}"
+    assert ctx.total == (total, len(fam.caches)), \
+        f"'llama_context: KV cache total' line: {ctx.total}, expected {(total, len(fam.caches))} (bytes, caches)"
 
 
 def check_kv_log(log: str, fam: Family, types: Types, n_ctx: int) -> ContextLog:
     """The last context of the log (the one serving) proves ``types``."""
-    contexts = parse_kv_log(log)
+    contexts = parse_kv_log(log, len(fam.caches))
     assert contexts, "no per-layer KV log lines:\n" + log[-3000:]
     check_context(contexts[-1], fam, types, n_ctx)
     return contexts[-1]
@@ -205,3 +212,36 @@ def runs(types: Types, layers: list[int]) -> str:
         out.append(f"{span} {types[layers[i]][0]}/{types[layers[i]][1]}")
         i = j + 1
     return " | ".join(out)
+
+
+ROTATION_RE = re.compile(r"llama_kv_cache: rotation by layer: (.*?)\s*$")
+ROT_SEGMENT_RE = re.compile(r"^(\d+)(?:-(\d+))? K (\w+), V (\w+)$")
+
+
+def rotation_kind(type_name: str) -> str:
+    """The rotation a layer side gets: ours for a TurboQuant type, upstream's attn_rot for
+    the other quantized types, none for f32 / f16 / bf16."""
+    if type_name.startswith("turbo"):
+        return "turbo"
+    return "none" if type_name in ("f32", "f16", "bf16") else "attn_rot"
+
+
+def check_rotation(log: str, fam: Family, types: Types) -> None:
+    """Rotation follows the layer: in every cache whose layers mix rotation kinds, the
+    'rotation by layer' line gives each owned layer side the rotation of its type."""
+    lines = [m[1] for ln in log.splitlines() if (m := ROTATION_RE.search(ln))]
+    got: dict[int, tuple[str, str]] = {}
+    for line in lines[-len(fam.caches):]:
+        for part in line.split(" | "):
+            s = ROT_SEGMENT_RE.match(part.strip())
+            assert s, f"cannot read the rotation segment {part!r}"
+            cache = next((c for c in fam.caches if int(s[1]) in c), frozenset())
+            for il in sorted(cache):
+                if int(s[1]) <= il <= int(s[2] or s[1]):
+                    got[il] = (s[3], s[4])
+    for cache in fam.caches:
+        want = {il: (rotation_kind(types[il][0]), rotation_kind(types[il][1])) for il in cache}
+        if len({k for kv in want.values() for k in kv}) > 1:
+            for il in sorted(cache):
+                assert got.get(il) == want[il], f"{fam.name} layer {il} ({types[il]}): rotation {got.get(il)}, " \
+                                                 f"expected {want[il]}"

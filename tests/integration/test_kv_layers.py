@@ -34,6 +34,7 @@ from tests.integration.kvlayers import (
     Types,
     check_context,
     check_kv_log,
+    check_rotation,
     expected_types,
     parse_kv_log,
     runs,
@@ -157,8 +158,9 @@ def test_server_log_proves_the_per_layer_types(llama_build: manifest.Manifest, m
     if family == "llama":  # one cache: the line is exactly the contract's compact form
         line = next(ln for ln in log.splitlines() if "llama_kv_cache: KV layers: " in ln)
         assert line.split("KV layers: ", 1)[1].strip() == runs(types, list(range(fam.n_layer)))
-    if "turbo" in type_k + type_v + rules and family != "gemma4":
-        assert "randomized Hadamard for head dims 128..128" in log
+    check_rotation(log, fam, types)
+    if any(t.startswith("turbo") for il in fam.owned for t in types[il]):
+        assert re.search(r"turbo_rot_k = (1, turbo_rot_v = \d|0, turbo_rot_v = 1), randomized Hadamard", log)
     # the positive control of the "before the weights load" checks below
     assert "load_tensors:" in log and "llama_model_loader:" in log
 
@@ -230,7 +232,7 @@ def test_bench_takes_a_list_of_rules(llama_build: manifest.Manifest, models: dic
     for row, rules in zip(rows, (a, b), strict=True):
         assert rules in row.values(), f"the row does not name its rules {rules!r}: {row}"
         assert row["type_k"] == "turbo4" and row["type_v"] == "turbo3"
-    contexts = parse_kv_log(res.stderr)
+    contexts = parse_kv_log(res.stderr, len(fam.caches))
     assert len(contexts) == 2, res.stderr[-3000:]
     for ctx, rules in zip(contexts, (a, b), strict=True):
         check_context(ctx, fam, expected_types(fam.n_layer, "turbo4", "turbo3", rules), bench_cells(ctx))
@@ -242,7 +244,7 @@ def test_bench_reads_turbo_layer_adaptive(llama_build: manifest.Manifest,
     rc, out = run_tool(tool(llama_build, "llama-bench"), bench_args(model, "-ctk", "turbo4", "-ctv", "turbo4"),
                        env={"TURBO_LAYER_ADAPTIVE": "7"})
     assert rc == 0, out[-3000:]
-    contexts = parse_kv_log(out)
+    contexts = parse_kv_log(out, len(fam.caches))
     assert len(contexts) == 1
     check_context(contexts[0], fam, expected_types(fam.n_layer, "turbo4", "turbo4", "0..1+-2..-1=-/q8_0"),
                   bench_cells(contexts[0]))
