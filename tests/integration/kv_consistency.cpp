@@ -2,7 +2,12 @@
 // through the public llama.h API of a turboctl build. Compiled and run by
 // tests/integration/test_kv_cache.py.
 //
-//   kv_consistency MODEL.gguf TEXT_FILE TYPE_K TYPE_V [THREADS]
+//   kv_consistency MODEL.gguf TEXT_FILE TYPE_K TYPE_V [THREADS [KV_LAYERS [KV_ADAPTIVE]]]
+//
+// KV_LAYERS: per-layer rules (the --kv-layers syntax, "" = none) on top of TYPE_K/TYPE_V,
+// passed as llama_context_params.kv_layers; KV_ADAPTIVE: a TURBO_LAYER_ADAPTIVE mode
+// (llama_context_params.kv_adaptive, -1 = none). The f16-K references below keep the
+// recipe's V side: every rule's K side becomes '-' and the default K is f16.
 //
 // 1. seq removal: decode a prefix, then a tail; remove the tail (llama_memory_seq_rm) and
 //    decode it again. The next-token distribution must come out the same.
@@ -23,6 +28,11 @@
 //    (dequantize, rotate back, RoPE by 0, rotate, quantize). Sequence 0's tail after one
 //    and after ten shifts against before any: kl_repeat_1, kl_repeat_10 (a codec whose
 //    re-quantization is idempotent gives its blocks back: both ~0, and 10 no worse than 1).
+// 4. State save/load: the state of sequence 0 after 300 tokens (llama_state_seq_get_data),
+//    loaded into a fresh context of the same recipe (llama_state_seq_set_data), then the tail
+//    decoded in both: kl_state (the same cells, bit for bit: 0). Loading it into a context
+//    whose default K type differs (the recipe's rules kept) must be refused:
+//    state_refused=1 (0 when the other context accepted it: the state would be misread).
 // KL figures are means over the 40 tokens of a tail. Prints one line of key=value results;
 // exit code 0 when everything ran.
 #include "llama.h"
@@ -119,13 +129,53 @@ static std::vector<llama_token> slice(const std::vector<llama_token> & v, size_t
     return std::vector<llama_token>(v.begin() + a, v.begin() + b);
 }
 
+// the rules with every K side replaced by '-' (keep the default K); rules that then set
+// nothing are dropped
+static std::string keep_k_rules(const std::string & rules) {
+    std::string out;
+    size_t start = 0;
+    while (start <= rules.size()) {
+        size_t end = rules.find(';', start);
+        if (end == std::string::npos) {
+            end = rules.size();
+        }
+        const std::string rule = rules.substr(start, end - start);
+        const size_t eq = rule.find('=');
+        if (eq != std::string::npos) {
+            std::string types = rule.substr(eq + 1);
+            const size_t slash = types.find('/');
+            std::string tv = slash == std::string::npos ? types : types.substr(slash + 1);
+            tv.erase(0, tv.find_first_not_of(" \t"));
+            tv.erase(tv.find_last_not_of(" \t") + 1);
+            if (tv != "-") {
+                out += (out.empty() ? "" : ";") + rule.substr(0, eq) + "=-/" + tv;
+            }
+        }
+        start = end + 1;
+    }
+    return out;
+}
+
 struct fixture {
     llama_model * model;
     int n_vocab;
     std::vector<llama_token> toks;
     int n_threads;
+    std::string kv_layers;      // the recipe's rules ("" = none)
+    std::string kv_layers_f16k; // the same with K sides '-'
+    int kv_adaptive = -1;
 
+    // the recipe (rules on top of type_k/type_v)
     llama_context * context(ggml_type type_k, ggml_type type_v, int n_seq = 1) const {
+        return context_rules(type_k, type_v, kv_layers, n_seq);
+    }
+
+    // the reference: an f16 K on every layer, the recipe's V types
+    llama_context * context_f16k(ggml_type type_v) const {
+        return context_rules(GGML_TYPE_F16, type_v, kv_layers_f16k);
+    }
+
+    llama_context * context_rules(ggml_type type_k, ggml_type type_v, const std::string & rules, int n_seq = 1) const {
         llama_context_params cparams = llama_context_default_params();
         cparams.n_ctx           = 1024;
         cparams.n_batch         = 512;
@@ -137,9 +187,12 @@ struct fixture {
         cparams.type_k          = type_k;
         cparams.type_v          = type_v;
         cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        cparams.kv_layers       = rules.empty() ? nullptr : rules.c_str();
+        cparams.kv_adaptive     = kv_adaptive;
         llama_context * ctx = llama_init_from_model(model, cparams);
         if (!ctx) {
-            fprintf(stderr, "cannot create a context with K=%s V=%s\n", ggml_type_name(type_k), ggml_type_name(type_v));
+            fprintf(stderr, "cannot create a context with K=%s V=%s rules \"%s\"\n", ggml_type_name(type_k),
+                    ggml_type_name(type_v), rules.c_str());
             exit(1);
         }
         return ctx;
@@ -147,8 +200,8 @@ struct fixture {
 
     // the tail after 300 tokens of which the first 100 are dropped; moved: the other 200 are
     // moved back by 100 positions (a K-shift) and the tail decoded at 200, otherwise at 300
-    logits_t dropped_tail(ggml_type type_k, ggml_type type_v, bool moved) const {
-        llama_context * ctx = context(type_k, type_v);
+    logits_t dropped_tail(ggml_type type_k, ggml_type type_v, bool moved, bool f16k = false) const {
+        llama_context * ctx = f16k ? context_f16k(type_v) : context(type_k, type_v);
         decode(ctx, slice(toks, 0, 300), 0, n_vocab);
         llama_memory_t mem = llama_get_memory(ctx);
         llama_memory_seq_rm(mem, 0, 0, 100);
@@ -163,7 +216,7 @@ struct fixture {
 
 int main(int argc, char ** argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s MODEL TEXT TYPE_K TYPE_V [THREADS]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL TEXT TYPE_K TYPE_V [THREADS [KV_LAYERS [KV_ADAPTIVE]]]\n", argv[0]);
         return 2;
     }
     const ggml_type type_k = type_from_name(argv[3]);
@@ -176,6 +229,9 @@ int main(int argc, char ** argv) {
     mparams.n_gpu_layers = 0;
     fixture fx;
     fx.n_threads = argc > 5 ? atoi(argv[5]) : 2;
+    fx.kv_layers = argc > 6 ? argv[6] : "";
+    fx.kv_layers_f16k = keep_k_rules(fx.kv_layers);
+    fx.kv_adaptive = argc > 7 ? atoi(argv[7]) : -1;
     fx.model = llama_model_load_from_file(argv[1], mparams);
     if (!fx.model) {
         fprintf(stderr, "cannot load %s\n", argv[1]);
@@ -220,8 +276,8 @@ int main(int argc, char ** argv) {
     //    the same drop without the move (same relative positions)
     const auto ref     = fx.dropped_tail(type_k, type_v, false);
     const auto shifted = fx.dropped_tail(type_k, type_v, true);
-    const auto ref_kf16     = fx.dropped_tail(GGML_TYPE_F16, type_v, false);
-    const auto shifted_kf16 = fx.dropped_tail(GGML_TYPE_F16, type_v, true);
+    const auto ref_kf16     = fx.dropped_tail(type_k, type_v, false, true);
+    const auto shifted_kf16 = fx.dropped_tail(type_k, type_v, true, true);
     const double kl_shift     = kl(ref, shifted);
     const double kl_shift_f16 = kl(ref_kf16, shifted_kf16);
     const double kl_noise     = kl(ref_kf16, ref);
@@ -259,10 +315,41 @@ int main(int argc, char ** argv) {
         llama_free(ctx);
     }
 
+    // 4. state save/load, into the same recipe and into another one
+    double kl_state = 0;
+    int state_refused = 0;
+    size_t state_bytes = 0;
+    {
+        llama_context * src = fx.context(type_k, type_v);
+        decode(src, slice(toks, 0, 300), 0, n_vocab);
+        std::vector<uint8_t> state(llama_state_seq_get_size(src, 0));
+        state_bytes = llama_state_seq_get_data(src, state.data(), state.size(), 0);
+        if (state_bytes == 0) {
+            fprintf(stderr, "llama_state_seq_get_data saved nothing\n");
+            return 1;
+        }
+        const auto want = decode(src, slice(toks, 300, 340), 300, n_vocab);
+        llama_free(src);
+
+        llama_context * dst = fx.context(type_k, type_v);
+        if (llama_state_seq_set_data(dst, state.data(), state_bytes, 0) != state_bytes) {
+            fprintf(stderr, "llama_state_seq_set_data refused the state of the same recipe\n");
+            return 1;
+        }
+        kl_state = kl(want, decode(dst, slice(toks, 300, 340), 300, n_vocab));
+        llama_free(dst);
+
+        const ggml_type other_k = type_k == GGML_TYPE_F16 ? GGML_TYPE_Q8_0 : GGML_TYPE_F16;
+        llama_context * other = fx.context_rules(other_k, type_v, fx.kv_layers);
+        state_refused = llama_state_seq_set_data(other, state.data(), state_bytes, 0) == 0 ? 1 : 0;
+        llama_free(other);
+    }
+
     printf("type_k=%s type_v=%s n_tokens=%d seq_rm_pos_max=%d kl_seq_rm=%.9g kl_shift=%.9g kl_shift_f16=%.9g "
-           "kl_noise=%.9g kl_dropped=%.9g kl_repeat_1=%.9g kl_repeat_10=%.9g\n",
+           "kl_noise=%.9g kl_dropped=%.9g kl_repeat_1=%.9g kl_repeat_10=%.9g kl_state=%.9g state_refused=%d "
+           "state_bytes=%zu\n",
            argv[3], argv[4], n, pos_max_after_rm, kl_rm, kl_shift, kl_shift_f16, kl_noise, kl_dropped,
-           kl_repeat_1, kl_repeat_10);
+           kl_repeat_1, kl_repeat_10, kl_state, state_refused, state_bytes);
 
     llama_model_free(fx.model);
     llama_backend_free();

@@ -118,11 +118,12 @@ def kv_consistency(llama_build: manifest.Manifest, tmp_path_factory: pytest.Temp
                                  include=("include", "ggml/include"), libs=("llama", "ggml", "ggml-base"))
 
 
-def run_kv_consistency(exe: Path, model: Path, text: Path, type_k: str, type_v: str) -> dict[str, float]:
-    rc, out = run_to_exit(str(exe), [str(model), str(text), type_k, type_v, "2"], timeout=600)
+def run_kv_consistency(exe: Path, model: Path, text: Path, type_k: str, type_v: str, rules: str = "",
+                       adaptive: int = -1) -> dict[str, float]:
+    rc, out = run_to_exit(str(exe), [str(model), str(text), type_k, type_v, "2", rules, str(adaptive)], timeout=600)
     assert rc == 0, out[-3000:]
     line = next(ln for ln in out.splitlines() if ln.startswith("type_k="))
-    print(f"\n[kv_consistency] {model.name} {line}")
+    print(f"\n[kv_consistency] {model.name} rules {rules!r} mode {adaptive} {line}")
     return {k: float(v) for k, v in (kv.split("=", 1) for kv in line.split()) if k not in ("type_k", "type_v")}
 
 
@@ -142,6 +143,11 @@ def check_kv_consistency(res: dict[str, float]) -> None:
     assert res["kl_repeat_1"] <= 1e-9 and res["kl_repeat_10"] <= 1e-9, res
     # the check has teeth: dropping 100 tokens of history changes the distributions far more
     assert res["kl_dropped"] > 10 * res["kl_shift_f16"] + 1e-5
+    # a sequence's state saved and loaded into a context of the same types gives the same
+    # distributions; a context whose K types differ refuses it
+    assert res["state_bytes"] > 0
+    assert res["kl_state"] <= 1e-9, res
+    assert int(res["state_refused"]) == 1, "a state saved with other KV cache types was loaded"
 
 
 KV_PAIRS = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
@@ -153,6 +159,37 @@ def test_sequence_removal_and_context_shift(kv_consistency: Path, type_k: str, t
     needs_bench_model()
     res = run_kv_consistency(kv_consistency, BENCH_MODEL, DOCS, type_k, type_v)
     check_kv_consistency(res)
+
+
+# per-layer recipes (-ctk, -ctv, rules, TURBO_LAYER_ADAPTIVE mode): rotation follows the layer
+# (turbo layers: the randomized rotation; q8_0 / q4_0: upstream's; f16: none), and sequence
+# removal, K-shift and state save/load stay right in every mix
+KV_RECIPES = [
+    ("turbo4", "turbo3", "0..1+-2..-1=q8_0/q8_0", -1),
+    ("turbo3", "turbo3", "0=f16;1+-1=q8_0;2..3=turbo4/f16;4=q4_0/turbo2", -1),
+    ("f16", "f16", "1..2=turbo4/turbo3;-2=q8_0/turbo4", -1),
+    ("q8_0", "turbo2", "0..1=-/q8_0;-3..-1=turbo4/-", -1),
+    ("turbo4", "turbo4", "", 7),
+    ("q8_0", "turbo3", "3=f16/-", 5),
+]
+RECIPE_IDS = ["boundary-q8_0", "f16-q8_0-turbo", "f16-turbo-middle", "sides", "mode7", "mode5-rule"]
+
+
+@pytest.mark.parametrize("type_k,type_v,rules,mode", KV_RECIPES, ids=RECIPE_IDS)
+def test_sequence_removal_and_context_shift_per_layer(kv_consistency: Path, type_k: str, type_v: str, rules: str,
+                                                      mode: int) -> None:
+    needs_bench_model()  # 8 layers
+    check_kv_consistency(run_kv_consistency(kv_consistency, BENCH_MODEL, DOCS, type_k, type_v, rules, mode))
+
+
+@pytest.mark.parametrize("type_k,type_v,rules,mode", KV_RECIPES[:2], ids=RECIPE_IDS[:2])
+def test_sequence_removal_and_context_shift_per_layer_tiny(kv_consistency: Path, tmp_path: Path, type_k: str,
+                                                           type_v: str, rules: str, mode: int) -> None:
+    """The same on a generated 8-layer llama (no shared data needed)."""
+    model = write_tiny_model(tmp_path / "tiny8.gguf", n_layer=8, n_head_kv=1, head_dim=128)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(WORDS[(i * 7) % len(WORDS)] for i in range(2000)))
+    check_kv_consistency(run_kv_consistency(kv_consistency, model, text, type_k, type_v, rules, mode))
 
 
 @pytest.mark.parametrize("arch,n_rot", [("glm4", 32), ("glm4", 64), ("phi3", 32), ("phi3", 64)])
