@@ -18,6 +18,7 @@ as b11312 computes it, for tests that check per-layer logs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -31,6 +32,17 @@ WORDS = (
     "people", "where", "some", "three", "all", "world", "between", "over", "known", "cache",
     "quant", "turbo", "model", "layer", "head", "value", "key", "attention", "hello", "test",
 )
+
+
+def random_matrices(rng: np.random.Generator, dtype: type = np.float32) -> Callable[..., np.ndarray]:
+    """mat(rows, cols, scale=1.0): a random matrix of rng's normals scaled by scale/sqrt(cols)."""
+    def mat(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
+        return (scale * rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(dtype)
+    return mat
+
+
+def ones(n: int) -> np.ndarray:
+    return np.ones(n, dtype=np.float32)
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -111,8 +123,7 @@ def write_tiny_model(
     wtype = np.float16 if dtype == "f16" else np.float32
     n_vocab = len(tiny_vocab()[0])
 
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(wtype)
+    mat = random_matrices(rng, wtype)
 
     def norm() -> np.ndarray:
         return np.ones(n_embd, dtype=np.float32)
@@ -179,11 +190,8 @@ def write_tiny_gemma4(
     n_vocab = len(tiny_vocab()[0])
     swa, owner = gemma4_layout(n_layer, n_kv_shared)
 
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    mat = random_matrices(rng)
 
-    def ones(n: int) -> np.ndarray:
-        return np.ones(n, dtype=np.float32)
 
     arch = "gemma4"
     w = gguf.GGUFWriter(str(path), arch)
@@ -250,11 +258,8 @@ def write_tiny_partial_rope(
     n_vocab = len(tiny_vocab()[0])
     n_embd = n_head * head_dim
 
-    def mat(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    mat = random_matrices(rng)
 
-    def ones(n: int) -> np.ndarray:
-        return np.ones(n, dtype=np.float32)
 
     w = gguf.GGUFWriter(str(path), arch)
     # (no architecture name in the model name: llama.cpp keys tokenizer quirks on it)
@@ -325,11 +330,8 @@ def write_tiny_qwen35(
     half = n_rot // 2  # IMRoPE sections over the rotated pairs: t, h, w (text positions: all equal)
     sections = [half - 2 * (half // 3), half // 3, half // 3, 0]
 
-    def mat(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
-        return (scale * rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    mat = random_matrices(rng)
 
-    def ones(n: int) -> np.ndarray:
-        return np.ones(n, dtype=np.float32)
 
     arch = "qwen35"
     w = gguf.GGUFWriter(str(path), arch)
