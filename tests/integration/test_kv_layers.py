@@ -41,7 +41,9 @@ from tests.integration.kvlayers import (
 )
 from tests.integration.server import LlamaServer
 from tests.integration.tinymodel import WORDS
-from turboctl import manifest
+from turboctl import llamalog, manifest
+from turboctl.errors import VerificationError
+from turboctl.kv.explain import explain
 
 pytestmark = pytest.mark.slow
 
@@ -159,6 +161,12 @@ def test_server_log_proves_the_per_layer_types(llama_build: manifest.Manifest, m
         line = next(ln for ln in log.splitlines() if "llama_kv_cache: KV layers: " in ln)
         assert line.split("KV layers: ", 1)[1].strip() == runs(types, list(range(fam.n_layer)))
     check_rotation(log, fam, types)
+    # turboctl's own reading of the log (what the serve command checks on every start)
+    plan = explain(f"{type_k}/{type_v}" + (f";{rules}" if rules else ""), model).plan
+    llamalog.compare_plan(plan, log)
+    other = explain("q8_0/q8_0" if (type_k, type_v) != ("q8_0", "q8_0") else "f16", model).plan
+    with pytest.raises(VerificationError):
+        llamalog.compare_plan(other, log)
     if any(t.startswith("turbo") for il in fam.owned for t in types[il]):
         assert re.search(r"turbo_rot_k = (1, turbo_rot_v = \d|0, turbo_rot_v = 1), randomized Hadamard", log)
     # the positive control of the "before the weights load" checks below
