@@ -21,8 +21,8 @@ from .rules import MIN_MODE_LAYERS, Resolution, Rules, bits, check_mode, layer_r
 
 TURBO_HEAD_DIMS = (64, 128, 256, 512)
 FRAGILE_K = ("turbo2", "turbo3")
-FRAGILE_K_NOTE = ("the K side is fragile: measured (issue 8) on SmolLM2-135M, symmetric turbo2 gives mean KLD "
-                  "1.10 and PPL 53.9 vs 17.1 at f16; keep K at turbo4 or above")
+FRAGILE_K_NOTE = ("the K side is fragile: measured on SmolLM2-135M (README, recipes), symmetric turbo2 gives mean "
+                  "KLD 1.09 and PPL 55.4 vs 17.7 at f16; keep K at turbo4 or above")
 ENV_MODE = "TURBO_LAYER_ADAPTIVE"
 ENV_RULES = "LLAMA_ARG_KV_LAYERS"
 
