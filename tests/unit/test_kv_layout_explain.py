@@ -153,7 +153,7 @@ def test_kv_explain_json(tmp_path: Path) -> None:
     assert doc["bits_per_value"] == pytest.approx((4 * 8.5 + 26 * 3.25) / 30)
     assert doc["kv_bytes"]["k"] == doc["kv_bytes"]["v"] == 2048 * (4 * 6 * 34 + 26 * 3 * 26)
     assert [x["type_k"] for x in doc["layers"]] == ["q8_0"] * 2 + ["turbo3"] * 26 + ["q8_0"] * 2
-    assert doc["unsafe"][0].startswith("K turbo3 on layers 2-27: the K side is fragile: measured (issue 8)")
+    assert doc["unsafe"][0].startswith("K turbo3 on layers 2-27: the K side is fragile: measured on SmolLM2-135M")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**doc, "schema": "turboctl.kv.explain/0"}, json.loads(explain.schema_path().read_text()))
 
