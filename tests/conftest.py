@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from turboctl import gitrepo, patches, proc, source
+from turboctl import proc
+from turboctl.build import gitrepo, patches, source
+from turboctl.build.pins import Pin
 from turboctl.devtools import render_pins
-from turboctl.pins import Pin
 
 DATA = Path(__file__).parent / "data"
 FAKE_TAG = "b-test"

@@ -1,6 +1,6 @@
 """Maintainer commands: ``python -m turboctl.devtools {bump-pin,check-pin,export-patches}``.
 
-* ``bump-pin`` rewrites ``turboctl/pins.toml`` for a new upstream commit: sdist URL, size and
+* ``bump-pin`` rewrites ``turboctl/build/pins.toml`` for a new upstream commit: sdist URL, size and
   sha256 from PyPI's simple index (PEP 691 JSON), the deterministic commit id of the imported
   sdist tree, and the sha256 of the anchor files plus every upstream file the patch series
   touches.
@@ -19,10 +19,10 @@ from typing import Annotated
 import requests
 import typer
 
-from . import gitrepo, patches, source
+from .build import gitrepo, patches, source
+from .build.pins import Pin, default_pins_path, load_pin
 from .cli.common import handle_errors, start
 from .errors import ConfigError, NetworkError, SourceError
-from .pins import Pin, default_pins_path, load_pin
 
 DEFAULT_ANCHORS = (
     "CMakeLists.txt",

@@ -20,13 +20,13 @@ import psutil
 from packaging.version import InvalidVersion, Version
 
 from . import __version__, proc
+from .build.gate import name_cases, stale_reason
+from .build.manifest import Manifest, compare, load_current
+from .build.patches import load_series
+from .build.pins import load_pin
 from .errors import TurboctlError
-from .gate import name_cases, stale_reason
 from .kv.config import TURBO_TYPES
-from .manifest import Manifest, compare, load_current
-from .patches import load_series
 from .paths import Paths
-from .pins import load_pin
 
 SCHEMA = "turboctl.doctor/2"
 Status = Literal["ok", "warn", "fail", "skip"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from turboctl import manifest
+from turboctl.build import manifest
 from turboctl.paths import Paths
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import pytest
 from tests.integration.conftest import run_turboctl_build, slow_home
 from tests.integration.server import LlamaServer
 from tests.integration.tinymodel import write_tiny_model
-from turboctl import gitrepo, manifest, patches
-from turboctl.pins import load_pin
+from turboctl.build import gitrepo, manifest, patches
+from turboctl.build.pins import load_pin
 
 pytestmark = pytest.mark.slow
 

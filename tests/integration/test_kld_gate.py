@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import slow_home
-from turboctl import manifest
+from turboctl.build import manifest
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"

@@ -20,7 +20,7 @@ import pytest
 from tests.integration.conftest import compile_against_build
 from tests.integration.server import LlamaServer, run_to_exit
 from tests.integration.tinymodel import WORDS, write_tiny_gemma4, write_tiny_model, write_tiny_partial_rope
-from turboctl import manifest
+from turboctl.build import manifest
 
 pytestmark = pytest.mark.slow
 

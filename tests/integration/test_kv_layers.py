@@ -41,7 +41,8 @@ from tests.integration.kvlayers import (
 )
 from tests.integration.server import LlamaServer
 from tests.integration.tinymodel import WORDS
-from turboctl import llamalog, manifest
+from turboctl import llamalog
+from turboctl.build import manifest
 from turboctl.errors import VerificationError
 from turboctl.kv.explain import explain
 

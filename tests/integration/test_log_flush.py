@@ -28,8 +28,8 @@ import pytest
 
 from tests.integration.conftest import compile_against_build
 from tests.integration.tinymodel import WORDS, write_tiny_model
-from turboctl import manifest
 from turboctl.bench import kld
+from turboctl.build import manifest
 
 pytestmark = pytest.mark.slow
 

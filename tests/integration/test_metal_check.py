@@ -21,7 +21,7 @@ import pytest
 
 from tests import metal_checker
 from tests.metal_checker import CHECKER
-from turboctl import manifest
+from turboctl.build import manifest
 
 pytestmark = pytest.mark.slow
 

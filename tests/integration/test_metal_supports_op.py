@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from turboctl import manifest
+from turboctl.build import manifest
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.conftest import compile_against_build
 from tests.integration.server import run_to_exit
-from turboctl import manifest
+from turboctl.build import manifest
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import slow_home
 from tests.integration.tinymodel import write_tiny_model
-from turboctl import gate, manifest
+from turboctl.build import gate, manifest
 from turboctl.errors import GateRefused
 from turboctl.paths import Paths
 

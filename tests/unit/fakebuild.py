@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from tests.conftest import DATA
-from turboctl import gitrepo, manifest, selftest
+from turboctl.build import gitrepo, manifest, selftest
+from turboctl.build.pins import load_pin
 from turboctl.paths import Paths
-from turboctl.pins import load_pin
 
 SQL = DATA / "selftest" / "test-backend-ops-cpu-turbo.sql"
 ALL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",

@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import DATA, FakeWorld, Guard
-from turboctl import manifest, patches
+from turboctl.build import manifest, patches
+from turboctl.build.pins import load_pin
 from turboctl.cli.main import app
 from turboctl.errors import SelftestFailed
 from turboctl.paths import Paths
-from turboctl.pins import load_pin
 
 runner = CliRunner()
 
@@ -183,7 +183,7 @@ def test_build_failure_exit_code_and_log(allow_cmake: Guard, fake_world: FakeWor
     tool = fake_world.tree / "src" / "tool.c"
     tool.write_text(tool.read_text().replace("return 0;\n}", "return oops;\n}"))
     files = dict(fake_world.pin.files)
-    from turboctl.gitrepo import file_sha256
+    from turboctl.build.gitrepo import file_sha256
 
     files["src/tool.c"] = file_sha256(tool)
     pins = fake_world.write_pin(files=files)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, Guard
-from turboctl import cmake
+from turboctl.build import cmake
 from turboctl.errors import BuildError, UsageError
 from turboctl.ui import UI
 

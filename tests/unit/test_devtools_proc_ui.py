@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import DATA, FAKE_SDIST_PREFIX, FakeWorld
-from turboctl import devtools, patches, proc
+from turboctl import devtools, proc
+from turboctl.build import patches
+from turboctl.build.pins import load_pin
 from turboctl.errors import CommandFailed, ToolMissing
-from turboctl.pins import load_pin
 from turboctl.ui import UI
 
 runner = CliRunner()
@@ -93,7 +94,7 @@ def test_sdist_from_index_parses_pep691(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_export_patches_command(fake_world: FakeWorld, tmp_path: Path) -> None:
-    from turboctl import patches, source
+    from turboctl.build import patches, source
 
     tree = tmp_path / "t"
     import shutil

@@ -202,9 +202,9 @@ def test_cli_doctor_on_this_machine() -> None:
 
 
 def test_build_state_checks(tmp_path: Path) -> None:
-    from turboctl import manifest
+    from turboctl.build import manifest
+    from turboctl.build.pins import load_pin
     from turboctl.paths import Paths
-    from turboctl.pins import load_pin
 
     paths = Paths(tmp_path / "h")
     pin = load_pin()

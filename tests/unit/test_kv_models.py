@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from tests.integration.tinymodel import write_tiny_model
-from turboctl import models
 from turboctl.errors import KVConfigError, ModelError, UsageError
 from turboctl.kv import config as kvconfig
 from turboctl.kv.config import KVConfig, make_config, parse_kv, parse_kv_list
+from turboctl.models import gguf as models
 
 SUPPORTED = "TurboQuant types support head dims 64, 128, 256 and 512"
 

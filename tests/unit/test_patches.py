@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, FakeWorld
-from turboctl import gitrepo, patches, proc, source
+from turboctl import proc
+from turboctl.build import gitrepo, patches, source
 from turboctl.errors import ConfigError, PatchError
 from turboctl.ui import UI
 
@@ -46,7 +47,7 @@ def test_cache_types_directive() -> None:
 
 
 def test_shipped_series_is_valid_and_pinned() -> None:
-    from turboctl.pins import load_pin
+    from turboctl.build.pins import load_pin
 
     series = patches.load_series()
     assert series.patches, "the shipped series lists the TurboQuant patches"

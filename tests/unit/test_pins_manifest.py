@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA
-from turboctl import build, manifest, patches
+from turboctl.build import builder as build
+from turboctl.build import manifest, patches
+from turboctl.build.pins import default_pins_path, load_pin
 from turboctl.errors import ConfigError
-from turboctl.pins import default_pins_path, load_pin
 
 GOOD = default_pins_path().read_text()
 

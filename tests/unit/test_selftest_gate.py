@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from tests.conftest import DATA
 from tests.unit.fakebuild import SQL, edit_sql, fake_build, metal_like_sql
-from turboctl import cmake, gate, manifest, selftest
+from turboctl.build import cmake, gate, manifest, selftest
 from turboctl.cli.main import app
 from turboctl.errors import ConfigError, GateRefused, SelftestFailed
-from turboctl.models import inspect_model
+from turboctl.models.gguf import inspect_model
 from turboctl.paths import get_paths
 from turboctl.ui import get_ui
 

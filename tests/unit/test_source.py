@@ -12,10 +12,10 @@ import pytest
 import requests
 
 from tests.conftest import FakeWorld
-from turboctl import gitrepo, source
+from turboctl.build import gitrepo, source
+from turboctl.build.pins import Pin, load_pin
 from turboctl.errors import NetworkError, SourceError, UsageError, VerificationError
 from turboctl.paths import Paths
-from turboctl.pins import Pin, load_pin
 from turboctl.ui import UI
 
 

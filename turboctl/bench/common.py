@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import gate, manifest
+from ..build import gate, manifest
 from ..errors import ConfigError, VerificationError
 from ..kv.layout import read_layout
 from ..kv.recipe import ENV_MODE, ENV_RULES, Recipe, RecipePlan
-from ..models import ModelInfo, check_model_pairs
+from ..models.gguf import ModelInfo, check_model_pairs
 from ..paths import Paths
 from ..ui import UI
 

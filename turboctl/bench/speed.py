@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, proc
+from ..build.manifest import Manifest, now_iso
 from ..errors import BenchError, UsageError
 from ..kv.recipe import RecipePlan, parse_recipe_list
-from ..manifest import Manifest, now_iso
 from ..paths import Paths
 from ..ui import UI
 from . import common

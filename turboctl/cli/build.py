@@ -5,8 +5,8 @@ from typing import Annotated
 
 import typer
 
-from .. import build as build_logic
-from .. import selftest as selftest_logic
+from ..build import builder as build_logic
+from ..build import selftest as selftest_logic
 from ..errors import SelftestFailed
 from ..paths import get_paths
 from .common import JsonOpt, exit_with, handle_errors, start

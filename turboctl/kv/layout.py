@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ModelError
-from ..models import ModelInfo, model_info_from_metadata, read_metadata
+from ..models.gguf import ModelInfo, model_info_from_metadata, read_metadata
 from .rules import layer_ranges
 
 REUSE_ARCHITECTURES = ("gemma4",)
@@ -176,7 +176,7 @@ def layout_from_metadata(meta: dict[str, Any], info: ModelInfo) -> KVLayout:
 
 
 def read_layout(path: Path) -> tuple[ModelInfo, KVLayout]:
-    """The attention layout (:func:`turboctl.models.inspect_model`) and the KV cache layout of
+    """The attention layout (:func:`turboctl.models.gguf.inspect_model`) and the KV cache layout of
     a GGUF model, from one read of its metadata."""
     meta = read_metadata(path)
     info = model_info_from_metadata(meta, path)

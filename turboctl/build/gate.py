@@ -28,11 +28,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import GateRefused
-from .kv.config import is_turbo
-from .kv.recipe import RecipePlan
+from ..errors import GateRefused
+from ..kv.config import is_turbo
+from ..kv.recipe import RecipePlan
+from ..models.gguf import ModelInfo
 from .manifest import Manifest, Selftest, SelftestCase
-from .models import ModelInfo
 from .selftest import CaseRow
 from .selftest import stale_reason as selftest_stale_reason
 
@@ -135,7 +135,7 @@ def check_kv_types(manifest: Manifest, type_k: str, type_v: str) -> None:
 
 def model_head_dims(info: ModelInfo) -> dict[tuple[int, int], list[int]]:
     """The (K, V) head dims of a model's layers, each with the layers that use it, as the
-    patched llama.cpp sizes their caches (see :mod:`turboctl.models`)."""
+    patched llama.cpp sizes their caches (see :mod:`turboctl.models.gguf`)."""
     dims: dict[tuple[int, int], list[int]] = {}
     for layer in info.layers:
         dims.setdefault((layer.head_dim_k, layer.head_dim_v), []).append(layer.index)

@@ -25,11 +25,11 @@ from pathlib import Path, PurePosixPath
 
 import requests
 
+from ..errors import NetworkError, SourceError, UsageError, VerificationError
+from ..paths import Paths
+from ..ui import UI
 from . import gitrepo
-from .errors import NetworkError, SourceError, UsageError, VerificationError
-from .paths import Paths
 from .pins import Pin
-from .ui import UI
 
 MARKER = "turboctl-source.json"
 DOWNLOAD_CHUNK = 1 << 20

@@ -1,6 +1,6 @@
 """The pin: which llama.cpp we build, where to get it and how to verify it.
 
-The data lives in ``turboctl/pins.toml`` (bumped by ``python -m turboctl.devtools bump-pin``);
+The data lives in ``turboctl/build/pins.toml`` (bumped by ``python -m turboctl.devtools bump-pin``);
 this module loads and validates it. Unknown keys and malformed values are errors.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,7 +91,7 @@ class Pin(_Frozen):
 
 
 def default_pins_path() -> Path:
-    return Path(str(resources.files("turboctl").joinpath("pins.toml")))
+    return Path(str(resources.files("turboctl.build").joinpath("pins.toml")))
 
 
 def load_pin(path: Path | None = None) -> Pin:

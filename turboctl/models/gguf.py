@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import KVConfigError, ModelError
-from .kv.config import KVConfig, is_turbo
+from ..errors import KVConfigError, ModelError
+from ..kv.config import KVConfig, is_turbo
 
 TURBO_HEAD_DIMS = (64, 128, 256, 512)
 MLA_ARCHITECTURES = ("deepseek4",)

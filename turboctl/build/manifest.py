@@ -5,7 +5,7 @@ copied to ``<home>/build/current-manifest.json``; other commands use :func:`load
 and :func:`compare` (is this build still the pinned commit + current patch series?).
 
 Schema 2 added ``selftest`` (the backend self-test of the built binaries, see
-:mod:`turboctl.selftest`); schema 3 added ``selftest.fa_cases`` (the K/V pair, head dims and
+:mod:`turboctl.build.selftest`); schema 3 added ``selftest.fa_cases`` (the K/V pair, head dims and
 result of every FLASH_ATTN_EXT case, which the serving gate checks a model against) and
 ``optional`` on the listed cases. Older manifests are still read: a schema-1 manifest becomes
 one whose self-test never ran, a schema-2 self-test one without ``fa_cases`` (None: the gate
@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..paths import Paths
 from .patches import Series
-from .paths import Paths
 from .pins import Pin
 
 SCHEMA = "turboctl.manifest/3"

@@ -10,12 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, cmake, gitrepo, manifest, patches, proc, source
+from .. import __version__, proc
+from ..errors import ConfigError, UsageError, VerificationError
+from ..paths import Paths
+from ..ui import UI
+from . import cmake, gitrepo, manifest, patches, source
 from . import selftest as selftest_mod
-from .errors import ConfigError, UsageError, VerificationError
-from .paths import Paths
 from .pins import Pin, default_pins_path, load_pin
-from .ui import UI
 
 
 @dataclass(frozen=True)

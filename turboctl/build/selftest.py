@@ -15,7 +15,7 @@ have (``ggml-turbo/turbo-fa.h``: K/V pairs at head dims 64-512, K and V alike) -
 head dims that differ, or an extra feature (attention sinks, ALiBi, logit softcap) -- that
 the device reports as not supported does not fail the self-test. It is still recorded (every
 FLASH_ATTN_EXT case is kept with its pair, head dims and result), and the serving gate
-refuses a model whose layers would need it (:func:`turboctl.gate.check_kv_head_dims`).
+refuses a model whose layers would need it (:func:`turboctl.build.gate.check_kv_head_dims`).
 A failed optional case fails the self-test like any other.
 """
 
@@ -29,12 +29,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cmake, gitrepo, proc
-from .errors import SelftestFailed, ToolMissing
-from .kv.config import TURBO_TYPES
+from .. import proc
+from ..errors import SelftestFailed, ToolMissing
+from ..kv.config import TURBO_TYPES
+from ..paths import Paths
+from ..ui import UI
+from . import cmake, gitrepo
 from .manifest import BinaryInfo, FACase, Manifest, Selftest, SelftestCase, SelftestCounts, now_iso
-from .paths import Paths
-from .ui import UI
 
 TARGET = cmake.SELFTEST_TARGET
 PARAMS_FILTER = "turbo"

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import proc
-from .errors import BuildError, UsageError
-from .ui import UI
+from .. import proc
+from ..errors import BuildError, UsageError
+from ..ui import UI
 
 TARGETS = ("llama-server", "llama-cli", "llama-bench", "llama-perplexity", "llama-fit-params")
 SELFTEST_TARGET = "test-backend-ops"

@@ -24,14 +24,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..errors import ConfigError, PatchError, SourceError
+from ..ui import UI
 from . import gitrepo
-from .errors import ConfigError, PatchError, SourceError
-from .ui import UI
 
 STATE = "turboctl-series.json"
 SERIES_HEADER = """\
 # The TurboQuant patch series, applied in this order with `git am --3way` on the pinned
-# llama.cpp commit (see turboctl/pins.toml).
+# llama.cpp commit (see turboctl/build/pins.toml).
 # Format: one patch file name per line (files made by `git format-patch`, in this
 # directory); lines starting with '#' and blank lines are ignored, except the
 # "#! cache-types:" line: the KV cache types the patched llama-server must accept
@@ -113,7 +113,7 @@ def parse_changes(text: str) -> tuple[FileChange, ...]:
 
 def default_patches_dir() -> Path:
     """The series shipped in the wheel, or ``patches/`` of a source checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the turboctl package
     packaged = here / "_patches"
     if (packaged / "series").is_file():
         return packaged

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import git
 
-from . import proc
-from .errors import CommandFailed, TurboctlError
+from .. import proc
+from ..errors import CommandFailed, TurboctlError
 
 # Fixed identity and dates make every commit turboctl creates reproducible: the same tree
 # and the same patches give the same commit ids on every machine.
