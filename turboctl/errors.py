@@ -132,4 +132,53 @@ class SelftestFailed(TurboctlError):
     exit_code = 16
 
 
+class ProfileError(TurboctlError):
+    """A serving profile (ours or the Hermes format) is invalid: the file, line and key are named."""
+
+    exit_code = 17
+
+
+class ProfileNotFound(TurboctlError):
+    """No profile of that name on the search path (the closest names are suggested)."""
+
+    exit_code = 18
+
+
+class PortInUse(TurboctlError):
+    """The address the server should listen on is already taken."""
+
+    exit_code = 19
+
+
+class DoesNotFit(TurboctlError):
+    """The model plus its KV cache at the requested context does not fit this machine's memory budget."""
+
+    exit_code = 20
+
+
+class BinaryMissing(TurboctlError):
+    """A llama.cpp program the command needs is not in the current build (or no build exists and
+    building was refused)."""
+
+    exit_code = 21
+
+
+class ServerFailed(TurboctlError):
+    """llama-server exited, never became healthy, or started something other than the plan."""
+
+    exit_code = 22
+
+
+class InsecureBind(TurboctlError):
+    """Listening beyond loopback without an API key (and without the explicit opt-out flag)."""
+
+    exit_code = 23
+
+
+class ServiceError(TurboctlError):
+    """The login service (launchd agent / systemd user unit) could not be written or queried."""
+
+    exit_code = 24
+
+
 EXIT_INTERRUPTED = 130

@@ -1,5 +1,5 @@
-"""What every benchmark does before it starts llama.cpp: find the build, check each KV
-configuration against the serving gate and the model, and name its log and outputs."""
+"""What every benchmark shares: the llama.cpp environment of a run, its log and outputs
+(the checks before anything starts are in :mod:`turboctl.preflight`)."""
 
 from __future__ import annotations
 
@@ -12,48 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..build import gate, manifest
-from ..errors import ConfigError, VerificationError
-from ..kv.layout import read_layout
-from ..kv.recipe import ENV_MODE, ENV_RULES, Recipe, RecipePlan
-from ..models.gguf import ModelInfo, check_model_pairs
+from ..build import manifest
+from ..kv.recipe import ENV_MODE, ENV_RULES, RecipePlan
 from ..paths import Paths
 from ..ui import UI
-
-
-def current_build(paths: Paths) -> manifest.Manifest:
-    m = manifest.load_current(paths)
-    if m is None:
-        raise ConfigError(f"nothing built yet in {paths.home}", hint="run turboctl build first")
-    return m
-
-
-def tool(m: manifest.Manifest, name: str) -> Path:
-    """The path of a built llama.cpp program, checked to exist."""
-    if name not in m.binaries:
-        raise VerificationError(f"the current build has no {name}", hint="run turboctl build")
-    path = m.binary(name)
-    if not path.is_file():
-        raise VerificationError(f"{path} is missing (the build directory changed since the build)",
-                                hint="run turboctl build")
-    return path
-
-
-def preflight(m: manifest.Manifest, model: Path, recipes: Sequence[Recipe]) -> tuple[ModelInfo, list[RecipePlan]]:
-    """Refuse before anything starts: every recipe resolved on the model's layers (GGUF
-    metadata only), every distinct K/V pair it uses through the gate, then against the model
-    (the head dims of the layers with that pair), then through the gate again at those head
-    dims (the self-test must have passed that pair at those head dims on this backend)."""
-    info, layout = read_layout(model)
-    plans = []
-    for recipe in recipes:
-        plan = recipe.resolve(layout)
-        dims = gate.recipe_head_dims(plan, info)
-        gate.check_recipe_types(m, plan)
-        check_model_pairs(info, {pair: [i for layers in d.values() for i in layers] for pair, d in dims.items()})
-        gate.check_recipe_head_dims(m, plan, info, model=model.name)
-        plans.append(plan)
-    return info, plans
 
 
 def llama_env(plan: RecipePlan | None = None, *, with_mode: bool = False) -> dict[str, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, proc
+from .. import __version__, preflight, proc
 from ..build import gitrepo
 from ..build.manifest import Manifest, now_iso
 from ..errors import BenchError, UsageError
@@ -284,8 +284,8 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, corpus: Path, ctx: int,
     if not corpus.is_file():
         raise UsageError(f"--corpus {corpus}: file not found")
     recipes = parse_recipe_list(kv, DEFAULT_KV)
-    binary = common.tool(m, TOOL)
-    _, configs = common.preflight(m, model, recipes)
+    binary = preflight.tool(m, TOOL)
+    _, configs = preflight.preflight(m, model, recipes)
     log = common.log_path(paths, "bench-kld")
     base_dir = paths.cache / "kld"
     base_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, proc
+from .. import __version__, preflight, proc
 from ..build.manifest import Manifest, now_iso
 from ..errors import BenchError, UsageError
 from ..kv.recipe import RecipePlan, parse_recipe_list
@@ -129,8 +129,8 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, kv: Sequence[str], n_pr
         raise UsageError(f"--threads {threads}: must be at least 1")
     depths = parse_depths(depth)
     recipes = parse_recipe_list(kv, DEFAULT_KV)
-    binary = common.tool(m, TOOL)
-    _, configs = common.preflight(m, model, recipes)
+    binary = preflight.tool(m, TOOL)
+    _, configs = preflight.preflight(m, model, recipes)
     return SpeedPlan(bench=binary, model=model.resolve(), configs=tuple(configs), n_prompt=n_prompt,
                      n_gen=n_gen, depths=tuple(depths), threads=threads or os.cpu_count() or 1, reps=reps,
                      log=common.log_path(paths, "bench-speed"))

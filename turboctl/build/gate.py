@@ -17,7 +17,7 @@ a cache type calls it first (``bench kld``, ``bench speed``; ``serve`` later). R
 model's layers (:func:`model_head_dims`), it refuses a turbo K/V pair that has no passing
 FLASH_ATTN_EXT case at those head dims on this build's backend, or whose cases there failed
 or were not supported -- a GPU backend that does not implement them would run that
-attention on the CPU (``bench.common.preflight`` calls both before anything starts).
+attention on the CPU (``turboctl.preflight.preflight`` calls both before anything starts).
 
 :func:`check_recipe` runs both for EVERY distinct K/V pair a per-layer recipe puts in the
 model's caches, each pair at the head dims of the layers that use it.

@@ -7,8 +7,9 @@ import typer
 
 from ..bench import kld as kld_logic
 from ..bench import speed as speed_logic
-from ..bench.common import current_build, write_json
+from ..bench.common import write_json
 from ..paths import get_paths
+from ..preflight import current_build
 from .common import JsonOpt, handle_errors, start
 
 app = typer.Typer(
