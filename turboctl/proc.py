@@ -9,6 +9,7 @@ path and the relevant lines of the output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -222,3 +223,64 @@ def capture(args: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
     if res.returncode != 0:
         return None
     return res.output
+
+
+class Background:
+    """A long-running child (llama-server) in its own process group, its stdout and stderr
+    appended to a log file. :meth:`stop` ends the whole group: SIGTERM, then SIGKILL after
+    ``grace`` seconds, and reaps it, so nothing is left behind."""
+
+    def __init__(self, args: Sequence[str | os.PathLike[str]], *, log: Path,
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+        argv = [os.fspath(a) for a in args]
+        if not argv:
+            raise ValueError("empty command")
+        self.args = [resolve(argv[0], env), *argv[1:]]
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._logf = log.open("a", encoding="utf-8")
+        try:
+            self._child = subprocess.Popen(
+                self.args, cwd=cwd, env=dict(env) if env is not None else None,
+                stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        except BaseException:
+            self._logf.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    def poll(self) -> int | None:
+        return self._child.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code, or None when still running after ``timeout`` seconds."""
+        try:
+            return self._child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 10.0) -> int:
+        """Stop the process group (SIGTERM, SIGKILL after ``grace`` s) and return the exit code."""
+        child = self._child
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                child.terminate()
+            try:
+                child.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    child.kill()
+                child.wait()
+        else:
+            # the leader is gone; make sure no member of its group outlives it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+        self._logf.close()
+        return int(child.returncode)

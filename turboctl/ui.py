@@ -146,6 +146,34 @@ class UI:
         else:
             yield ProgressHandle(self, description, None)
 
+    @contextmanager
+    def spinner(self, description: str, every: float = 10.0) -> Iterator[SpinnerHandle]:
+        if self.is_tty and not self.quiet:
+            with self.human.status(escape(description)) as status:
+                yield SpinnerHandle(self, description, status, every)
+        else:
+            yield SpinnerHandle(self, description, None, every if not self.quiet else float("inf"))
+
+
+class SpinnerHandle:
+    """A wait of unknown length: a rich spinner on a terminal, a plain line every ``every``
+    seconds otherwise (so logs show it is still waiting, without a line per poll)."""
+
+    def __init__(self, ui: UI, description: str, status: Any, every: float) -> None:
+        self._ui = ui
+        self._description = description
+        self._status = status
+        self._every = every
+        self._next = every
+
+    def update(self, elapsed: float, text: str = "") -> None:
+        label = f"{self._description} ({elapsed:.0f} s){' ' + text if text else ''}"
+        if self._status is not None:
+            self._status.update(escape(label))
+        elif elapsed >= self._next:
+            self._next += self._every
+            self._ui.info(f"  {label}")
+
 
 _current: UI | None = None
 

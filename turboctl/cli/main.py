@@ -10,6 +10,7 @@ from . import build as build_cmd
 from . import doctor as doctor_cmd
 from . import kv as kv_cmd
 from . import selftest as selftest_cmd
+from . import serve as serve_cmd
 
 app = typer.Typer(
     name="turboctl",
@@ -17,7 +18,7 @@ app = typer.Typer(
          "machine, self-test the backend and benchmark KV cache configurations. Set TURBOCTL_HOME "
          "to move all data; TURBOCTL_DEBUG=1 shows tracebacks.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -42,6 +43,7 @@ def main(
 app.command("build")(build_cmd.build)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("selftest")(selftest_cmd.selftest)
+app.command("serve")(serve_cmd.serve)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(kv_cmd.app, name="kv")
 

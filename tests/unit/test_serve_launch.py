@@ -1,0 +1,188 @@
+"""serve's command line, environment, security and port checks, key files, --ctx parsing, and
+the background process runner (a real child: a short Python program, no llama.cpp)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from turboctl import proc
+from turboctl.errors import InsecureBind, PortInUse, ServerFailed, UsageError
+from turboctl.kv.recipe import parse_recipe
+from turboctl.serve import command, launch
+from turboctl.serve.command import ServeSettings
+from turboctl.ui import UI
+
+
+def settings(**kw: object) -> ServeSettings:
+    base: dict[str, object] = {"model": Path("/m/model.gguf"), "recipe": parse_recipe("turbo4/turbo3;0..1=q8_0"),
+                               "context": 8192}
+    base.update(kw)
+    return ServeSettings(**base)  # type: ignore[arg-type]
+
+
+def test_argv_has_the_plan_and_never_the_key() -> None:
+    s = settings(api_key="sk-secret", parallel=4, batch_size=512, alias="demo",
+                 generation={"temperature": 0.7, "top_k": 40, "max_tokens": 256}, extra_args=("--metrics",))
+    argv = command.server_argv(Path("/b/llama-server"), s)
+    assert argv[:11] == ["/b/llama-server", "--model", "/m/model.gguf", "--ctx-size", "8192", "--parallel", "4",
+                         "--kv-unified", "--host", "127.0.0.1", "--port"]
+    text = " ".join(argv)
+    assert "-fa on -ctk turbo4 -ctv turbo3 --kv-layers 0..1=q8_0" in text
+    assert "--batch-size 512 --alias demo --temp 0.7 --top-k 40 --n-predict 256 --metrics" in text
+    assert "sk-secret" not in text
+
+
+def test_env_scrubs_inherited_kv_and_key_variables_and_sets_ours() -> None:
+    base = {"PATH": "/bin", "TURBO_LAYER_ADAPTIVE": "7", "LLAMA_ARG_KV_LAYERS": "0=f16", "LLAMA_API_KEY": "old"}
+    env = command.server_env(settings(api_key="sk-new", environment={"LLAMA_ARG_REPACK": "0"}), base)
+    assert env == {"PATH": "/bin", "LLAMA_ARG_REPACK": "0", "LLAMA_API_KEY": "sk-new"}
+    assert command.server_env(settings(), base) == {"PATH": "/bin"}
+
+
+def test_display_redacts_the_key_and_quotes() -> None:
+    s = settings(api_key="sk-secret", environment={"A": "x y"})
+    shown = command.display(command.server_argv(Path("/b/llama-server"), s), command.env_overrides(s))
+    assert shown.startswith("A='x y' LLAMA_API_KEY=<hidden> /b/llama-server --model")
+    assert "sk-secret" not in shown
+
+
+@pytest.mark.parametrize(("host", "loop"), [("127.0.0.1", True), ("127.3.4.5", True), ("::1", True),
+                                            ("localhost", True), ("0.0.0.0", False), ("192.168.1.10", False),
+                                            ("::", False), ("myhost.lan", False)])
+def test_is_loopback(host: str, loop: bool) -> None:
+    assert command.is_loopback(host) is loop
+
+
+def test_endpoint_brackets_ipv6() -> None:
+    assert settings(host="::1", port=9000).endpoint == "http://[::1]:9000"
+
+
+def test_security_refuses_open_bind_without_key() -> None:
+    ui = UI(quiet=True)
+    launch.check_security("127.0.0.1", None, insecure=False, ui=ui)
+    launch.check_security("0.0.0.0", "k", insecure=False, ui=ui)
+    with pytest.raises(InsecureBind) as err:
+        launch.check_security("0.0.0.0", None, insecure=False, ui=ui)
+    assert err.value.message == ("refusing to listen on 0.0.0.0 without an API key: anyone on the network "
+                                 "could use the model")
+    assert "--insecure-no-api-key" in (err.value.hint or "")
+    assert err.value.exit_code == 23
+
+
+def test_security_opt_out_warns(capsys: pytest.CaptureFixture[str]) -> None:
+    launch.check_security("0.0.0.0", None, insecure=True, ui=UI())
+    assert "WITHOUT an API key (--insecure-no-api-key)" in capsys.readouterr().err
+
+
+def test_port_in_use() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(PortInUse) as err:
+            launch.check_port("127.0.0.1", port)
+    assert err.value.message == f"127.0.0.1:{port} is already in use"
+    assert err.value.exit_code == 19
+    launch.check_port("127.0.0.1", port)  # free again
+
+
+def test_port_check_unknown_address() -> None:
+    with pytest.raises(UsageError, match=r"--host 203\.0\.113\.7: not an address of this machine"):
+        launch.check_port("203.0.113.7", 8080)
+
+
+def test_key_file(tmp_path: Path) -> None:
+    f = tmp_path / "key"
+    f.write_text("# my key\n\n  sk-abc  \nsecond\n")
+    assert launch.read_key_file(f) == "sk-abc"
+    f.write_text("# only a comment\n")
+    with pytest.raises(UsageError, match=r"no key in it \(one key on a line; # starts a comment\)"):
+        launch.read_key_file(f)
+    with pytest.raises(UsageError, match=r"--api-key-file .*missing: no such file"):
+        launch.read_key_file(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("text", "value"), [("auto", "auto"), ("AUTO", "auto"), ("8192", 8192), ("32k", 32768),
+                                             ("128K", 131072)])
+def test_parse_context(text: str, value: object) -> None:
+    assert command.parse_context(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "lots", "1.5k", ""])
+def test_parse_context_bad(text: str) -> None:
+    with pytest.raises(UsageError, match=r"expected auto or a positive number of tokens"):
+        command.parse_context(text)
+
+
+# ---------------------------------------------------------------- the background runner
+
+SLEEPER = [sys.executable, "-c", "import sys, time; print('up', flush=True); time.sleep(60)"]
+STUBBORN = [sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+            "time.sleep(60)"]
+FAMILY = [sys.executable, "-c",
+          "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+          "print('up', flush=True); time.sleep(60)"]
+
+
+def _wait_for(log: Path, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "(no log)"
+        time.sleep(0.05)
+
+
+def test_background_logs_and_stops(tmp_path: Path) -> None:
+    log = tmp_path / "bg.log"
+    child = proc.Background(SLEEPER, log=log)
+    _wait_for(log, "up")
+    assert child.poll() is None and child.wait(0.1) is None
+    assert child.stop() == -signal.SIGTERM
+    assert not psutil.pid_exists(child.pid)
+
+
+def test_background_kills_what_ignores_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "bg.log"
+    child = proc.Background(STUBBORN, log=log)
+    _wait_for(log, "up")
+    assert child.stop(grace=0.5) == -signal.SIGKILL
+
+
+def test_background_stops_the_whole_group(tmp_path: Path) -> None:
+    log = tmp_path / "bg.log"
+    child = proc.Background(FAMILY, log=log)
+    _wait_for(log, "up")
+    grandchildren = psutil.Process(child.pid).children(recursive=True)
+    assert grandchildren
+    child.stop()
+    time.sleep(0.2)
+    assert not [g.pid for g in grandchildren if g.is_running() and g.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_start_reports_an_early_exit_with_the_log(tmp_path: Path) -> None:
+    s = settings(port=1)
+    p = launch.ServePlan(settings=s, argv=[sys.executable, "-c", "print('error: bad model'); raise SystemExit(3)"],
+                         env={}, shown="x", plan=None, info=None, context_source="requested")
+    with pytest.raises(ServerFailed) as err:
+        launch.start(p, tmp_path / "s.log", UI(quiet=True), ready_timeout=10, poll=0.05)
+    assert err.value.message == "llama-server exited with code 3 before it was ready"
+    assert err.value.log_path == tmp_path / "s.log"
+    assert "error: bad model" in err.value.details
+
+
+def test_start_times_out_and_stops_the_child(tmp_path: Path) -> None:
+    s = settings(port=1)
+    p = launch.ServePlan(settings=s, argv=SLEEPER, env={}, shown="x", plan=None, info=None,
+                         context_source="requested")
+    with pytest.raises(ServerFailed, match=r"llama-server was not ready within 1 s"):
+        launch.start(p, tmp_path / "s.log", UI(quiet=True), ready_timeout=0.6, poll=0.05)
+    pids = [pr.pid for pr in psutil.process_iter(["cmdline"])
+            if pr.info["cmdline"] and pr.info["cmdline"][-1:] == SLEEPER[-1:]]
+    assert pids == []

@@ -1,0 +1,329 @@
+"""``turboctl serve``: from a profile (or a model and a recipe) to a verified, running llama-server.
+
+The order is the contract (every refusal happens before anything starts):
+
+1. the build: the current one when it matches the pin and the series, else build first
+   (``--no-build`` refuses instead); llama-server must be in it;
+2. the model: a local, verified file (downloaded and verified if the profile says where from);
+3. the preflight: the recipe resolved on the model's layers, every K/V pair through the
+   serving gate and the model check (:mod:`turboctl.preflight`);
+4. the fit: the projection of weights + KV + compute buffers by the built binary against this
+   machine's budget; ``context: auto`` takes the largest that fits;
+5. security (off-loopback needs an API key or the explicit opt-out) and the port;
+6. start, wait for ``/health``, then prove from the server's own log that the per-layer
+   types and the KV size are the plan's (a mismatch stops the server);
+7. stay in the foreground until Ctrl-C / SIGTERM, then stop the server and everything it
+   started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .. import llamalog, preflight, proc
+from ..build import builder, manifest
+from ..build import patches as patches_mod
+from ..build.pins import load_pin
+from ..errors import (
+    EXIT_INTERRUPTED,
+    BinaryMissing,
+    InsecureBind,
+    PortInUse,
+    ServerFailed,
+    TurboctlError,
+    UsageError,
+)
+from ..kv.recipe import RecipePlan
+from ..models.gguf import ModelInfo
+from ..paths import Paths
+from ..ui import UI
+from . import command
+from .command import ServeSettings
+
+SERVER = "llama-server"
+READY_TIMEOUT_S = 600.0
+SCHEMA = "turboctl.serve/1"
+
+
+# --------------------------------------------------------------------------- the build
+
+def ensure_build(paths: Paths, ui: UI, *, no_build: bool, dry_run: bool = False) -> manifest.Manifest | None:
+    """The current build when it is the pinned commit with this series; otherwise build it
+    (say so), or refuse with ``--no-build``. ``dry_run`` never builds: None when a build would
+    be needed."""
+    current = manifest.load_current(paths)
+    problems: list[str]
+    if current is None:
+        problems = [f"nothing built yet in {paths.home}"]
+    else:
+        problems = manifest.compare(current, load_pin(), patches_mod.load_series())
+    if current is not None and not problems:
+        if SERVER not in current.binaries:
+            raise BinaryMissing(f"the current build ({current.cmake.build_dir}) has no {SERVER}",
+                                hint="run turboctl build (it builds llama-server)")
+        return current
+    why = "; ".join(problems)
+    if dry_run:
+        ui.info(f"note: serve would build first ({why})")
+        return None
+    if no_build:
+        raise BinaryMissing(f"no build of llama-server matches this turboctl ({why})",
+                            hint="run turboctl build, or drop --no-build to let serve build it")
+    ui.step(f"building first: {why}")
+    plan = builder.make_plan(paths=paths)
+    ui.kv("build plan", plan.rows())
+    return builder.run(plan, ui)
+
+
+def server_binary(m: manifest.Manifest) -> Path:
+    try:
+        return preflight.tool(m, SERVER)
+    except TurboctlError as exc:
+        raise BinaryMissing(exc.message, hint=exc.hint) from None
+
+
+# --------------------------------------------------------------------------- security and the port
+
+def read_key_file(path: Path) -> str:
+    """The first non-empty, non-comment line of an API key file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--api-key-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--api-key-file {path}: cannot read it ({exc})") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    raise UsageError(f"--api-key-file {path}: no key in it (one key on a line; # starts a comment)")
+
+
+def check_security(host: str, api_key: str | None, *, insecure: bool, ui: UI) -> None:
+    """Off-loopback needs a key, or ``--insecure-no-api-key`` (a warning on every start)."""
+    if command.is_loopback(host) or api_key:
+        return
+    if insecure:
+        ui.warn(f"listening on {host} WITHOUT an API key (--insecure-no-api-key): anyone who can reach "
+                "this machine can use the model")
+        return
+    raise InsecureBind(
+        f"refusing to listen on {host} without an API key: anyone on the network could use the model",
+        hint="set server.api_key_env in the profile (the name of a variable holding the key), pass "
+             "--api-key-file FILE, listen on 127.0.0.1 (--host 127.0.0.1), or accept the risk with "
+             "--insecure-no-api-key")
+
+
+def check_port(host: str, port: int) -> None:
+    """PortInUse when ``host:port`` cannot be bound right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    bind_host = "" if host in ("0.0.0.0", "::") else host
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((bind_host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"{host}:{port} is already in use",
+                                hint="stop what listens there, or pick another port (--port N)") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"--host {host}: not an address of this machine") from None
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+# --------------------------------------------------------------------------- the plan
+
+@dataclass(frozen=True)
+class ServePlan:
+    """Everything decided before the server starts."""
+
+    settings: ServeSettings
+    argv: list[str]
+    env: dict[str, str] = field(repr=False)
+    shown: str
+    plan: RecipePlan | None
+    info: ModelInfo | None
+    context_source: str
+    budget: str | None = None
+    projection: Mapping[str, int] | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "schema": SCHEMA,
+            "endpoint": s.endpoint,
+            "model": str(s.model),
+            "alias": s.alias,
+            "context": s.context,
+            "context_source": self.context_source,
+            "parallel": s.parallel,
+            "kv": s.recipe.label,
+            "kv_layers": self.plan.describe() if self.plan else None,
+            "kv_bytes": sum(self.plan.kv_bytes(s.context)) if self.plan else None,
+            "api_key": "set" if s.api_key else "none",
+            "command": self.shown,
+            "argv": self.argv,
+            "environment": command.env_overrides(s),
+            "budget": self.budget,
+            "projection": dict(self.projection) if self.projection else None,
+            "notes": list(self.notes),
+        }
+
+
+def make_serve_plan(settings: ServeSettings, binary: Path, *, plan: RecipePlan | None,
+                    info: ModelInfo | None, context_source: str, budget: str | None = None,
+                    projection: Mapping[str, int] | None = None, notes: tuple[str, ...] = ()) -> ServePlan:
+    argv = command.server_argv(binary, settings)
+    return ServePlan(settings=settings, argv=argv, env=command.server_env(settings),
+                     shown=command.display(argv, command.env_overrides(settings)), plan=plan, info=info,
+                     context_source=context_source, budget=budget, projection=projection, notes=notes)
+
+
+def kv_summary(p: ServePlan) -> str:
+    s = p.settings
+    if p.plan is None:
+        return s.recipe.label
+    k, v = p.plan.kv_bytes(s.context)
+    return (f"{s.recipe.label}: {(k + v) / 2**20:.1f} MiB at {s.context} tokens "
+            f"({p.plan.bits_per_value:.2f} bits/value; {p.plan.describe()})")
+
+
+# --------------------------------------------------------------------------- running it
+
+def _health(url: str, api_key: str | None, timeout: float = 2.0) -> int | None:
+    req = urllib.request.Request(f"{url}/health")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+def _local_url(s: ServeSettings) -> str:
+    """Where turboctl itself reaches the server (loopback when it listens on every address)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.host, s.host)
+    return ServeSettings(model=s.model, recipe=s.recipe, context=s.context, host=host, port=s.port).endpoint
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived (the server is being stopped)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Stopped` in the main thread while the server runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@dataclass
+class RunningServer:
+    plan: ServePlan
+    child: proc.Background
+    log: Path
+    started: float
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def failure(self, message: str, hint: str | None = None) -> ServerFailed:
+        lines = self.log_text().splitlines()
+        return ServerFailed(message, hint=hint, log_path=self.log, details=proc.relevant_lines(lines))
+
+
+def start(p: ServePlan, log: Path, ui: UI, *, ready_timeout: float = READY_TIMEOUT_S,
+          poll: float = 0.25) -> RunningServer:
+    """Start llama-server, wait until healthy, check its log against the plan. On any failure
+    the server is stopped before the error is raised."""
+    s = p.settings
+    child = proc.Background(p.argv, log=log, env=p.env)
+    running = RunningServer(plan=p, child=child, log=log, started=time.monotonic())
+    url = _local_url(s)
+    try:
+        with ui.spinner(f"waiting for llama-server on {s.endpoint}") as spin:
+            while True:
+                code = child.poll()
+                if code is not None:
+                    raise running.failure(f"llama-server exited with code {code} before it was ready",
+                                          hint="see the log for why")
+                status = _health(url, s.api_key)
+                if status == 200:
+                    break
+                elapsed = time.monotonic() - running.started
+                if elapsed > ready_timeout:
+                    raise running.failure(f"llama-server was not ready within {ready_timeout:.0f} s",
+                                          hint="a large model may need longer: --ready-timeout SECONDS")
+                spin.update(elapsed, "loading the model" if status == 503 else "")
+                time.sleep(poll)
+        if p.plan is not None:
+            llamalog.compare_plan(p.plan, running.log_text(), context=s.context)
+    except BaseException:
+        child.stop()
+        raise
+    return running
+
+
+def serve_forever(p: ServePlan, log: Path, ui: UI, announce: Callable[[RunningServer], None], *,
+                  ready_timeout: float = READY_TIMEOUT_S) -> int:
+    """Start (see :func:`start`), announce, then block until the server exits by itself (an
+    error) or SIGINT / SIGTERM arrives (the server is stopped, then 0). A signal during the
+    start stops the server as well (exit code 130)."""
+    try:
+        with stop_signals():
+            running = start(p, log, ui, ready_timeout=ready_timeout)
+            announce(running)
+            while True:
+                code = running.child.wait(timeout=0.5)
+                if code is not None:
+                    running.child.stop()
+                    raise running.failure(f"llama-server stopped unexpectedly (exit code {code})")
+    except Stopped as sig:
+        if "running" not in locals():
+            ui.info(f"{sig}: llama-server stopped before it was ready")
+            return EXIT_INTERRUPTED
+        ui.info(f"{sig}: stopping llama-server (pid {running.child.pid})")
+        code = running.child.stop()
+        ui.ok(f"llama-server stopped (exit code {code})")
+        return 0
+
+
+def ready_document(running: RunningServer) -> dict[str, Any]:
+    doc = running.plan.to_json()
+    doc["status"] = "ready"
+    doc["pid"] = running.child.pid
+    doc["log"] = str(running.log)
+    doc["ready_s"] = round(time.monotonic() - running.started, 2)
+    return doc
+
+
+def dumps(doc: Mapping[str, Any]) -> str:
+    return json.dumps(doc, indent=2)
+

@@ -1,0 +1,146 @@
+"""From what the user asked (``--profile`` or ``--model``/``--kv``/``--ctx`` plus overrides) to
+one :class:`~turboctl.serve.launch.ServePlan`: every check that can refuse runs here, before
+anything starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .. import preflight, proc
+from ..errors import ModelError, ProfileError, UsageError
+from ..kv.recipe import parse_recipe
+from ..models import fetch
+from ..models.gguf import inspect_model
+from ..paths import Paths
+from ..ui import UI
+from . import fit as fit_mod
+from . import launch
+from .command import ServeSettings
+from .profile import Profile, validate_extra_args
+
+DEFAULT_KV = "turbo4"
+"""The recipe of ``serve --model`` without ``--kv``: uniform turbo4 is the recommended default
+(README "Recipes: measured")."""
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    profile: Profile | None = None
+    model: Path | None = None
+    kv: str | None = None
+    context: int | Literal["auto"] | None = None
+    host: str | None = None
+    port: int | None = None
+    parallel: int | None = None
+    api_key_file: Path | None = None
+    insecure_no_api_key: bool = False
+    no_build: bool = False
+    offline: bool = False
+    dry_run: bool = False
+
+
+def api_key(req: ServeRequest, env: dict[str, str] | None = None) -> str | None:
+    """The key: ``--api-key-file``, else the profile's key, else the variable it names."""
+    env = dict(os.environ) if env is None else env
+    if req.api_key_file is not None:
+        return launch.read_key_file(req.api_key_file)
+    server = req.profile.server if req.profile else None
+    if server is None:
+        return None
+    if server.api_key is not None:
+        return server.api_key.get_secret_value()
+    if server.api_key_env:
+        value = env.get(server.api_key_env, "").strip()
+        if not value:
+            where = req.profile.origin if req.profile and req.profile.origin else "the profile"
+            raise UsageError(f"{where}: server.api_key_env names {server.api_key_env}, which is not set "
+                             "in this environment", hint=f"export {server.api_key_env}=<key> first")
+        return value
+    return None
+
+
+def _model_path(req: ServeRequest, paths: Paths, ui: UI) -> tuple[Path | None, list[str]]:
+    notes: list[str] = []
+    if req.model is not None:
+        if not req.model.is_file():
+            raise ModelError(f"model file not found: {req.model}", hint="pass the path of a .gguf file")
+        return req.model.resolve(), notes
+    assert req.profile is not None
+    base = req.profile.origin.parent if req.profile.origin else None
+    if req.dry_run:
+        local = fetch.local_model(req.profile.model, paths, base_dir=base)
+        if local is None:
+            notes.append("the model is not downloaded yet: serve would fetch and verify it first")
+        return local, notes
+    got = fetch.resolve_model(req.profile.model, paths, ui, offline=req.offline, base_dir=base)
+    return got.path, notes
+
+
+def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
+    if (req.profile is None) == (req.model is None):
+        raise UsageError("give either --profile NAME or --model FILE.gguf"
+                         if req.profile is None else "--profile and --model cannot be combined",
+                         hint="turboctl profiles list shows the profiles")
+    prof = req.profile
+    m = launch.ensure_build(paths, ui, no_build=req.no_build, dry_run=req.dry_run)
+    model, notes = _model_path(req, paths, ui)
+    recipe = parse_recipe(req.kv if req.kv is not None else (prof.kv.recipe_text() if prof else DEFAULT_KV))
+    server = prof.server if prof else None
+    host = req.host or (server.host if server else "127.0.0.1")
+    port = req.port if req.port is not None else (server.port if server else 8080)
+    parallel = req.parallel if req.parallel is not None else (server.parallel if server else 1)
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: expected 1..65535")
+    if parallel < 1:
+        raise UsageError(f"--parallel {parallel}: expected at least 1")
+    extra = tuple(server.args) if server else ()
+    key = api_key(req)
+    launch.check_security(host, key, insecure=req.insecure_no_api_key, ui=ui)
+    binary = launch.server_binary(m) if m is not None else paths.build / "<not built yet>" / launch.SERVER
+    if m is not None and extra:
+        help_text = proc.capture([binary, "--help"]) or ""
+        try:
+            validate_extra_args(extra, help_text)
+        except ProfileError as exc:
+            if prof is not None and prof.origin is not None and not exc.message.startswith(str(prof.origin)):
+                raise ProfileError(f"{prof.origin}: {exc.message}", hint=exc.hint) from None
+            raise
+    wanted = req.context if req.context is not None else (prof.context if prof else "auto")
+    plan = info = None
+    budget_text: str | None = None
+    projection: dict[str, int] | None = None
+    context_source = "requested"
+    if m is not None and model is not None:
+        info, plans = preflight.preflight(m, model, [recipe])
+        plan = plans[0]
+        budget = fit_mod.machine_budget()
+        budget_text = budget.source
+        proj = fit_mod.fit(m, model, plan, wanted, budget, parallel=parallel,
+                           batch_size=server.batch_size if server else None, extra_args=extra)
+        context = proj.context
+        context_source = "auto: the largest that fits" if wanted == "auto" else "requested"
+        projection = {"weights": proj.weights, "kv": proj.kv, "compute": proj.compute, "total": proj.total,
+                      "budget": budget.bytes}
+    elif wanted == "auto":
+        if model is not None:
+            inspect_model(model)  # a bad file is still an error in a dry run
+        context = 0
+        context_source = "auto: resolved once the build and the model exist"
+        notes.append(context_source)
+    else:
+        context = wanted
+    if not req.dry_run:
+        launch.check_port(host, port)
+    settings = ServeSettings(
+        model=model or Path("<model not downloaded yet>"), recipe=recipe, context=context, host=host, port=port,
+        parallel=parallel, batch_size=server.batch_size if server else None,
+        alias=(prof.model.name or prof.name) if prof else None,
+        generation=prof.generation.model_dump(exclude_none=True) if prof else {},
+        extra_args=extra, environment=dict(prof.environment) if prof else {}, api_key=key)
+    if prof is not None:
+        notes.extend(prof.notes)
+    return launch.make_serve_plan(settings, binary, plan=plan, info=info, context_source=context_source,
+                                  budget=budget_text, projection=projection, notes=tuple(notes))
