@@ -186,3 +186,8 @@ def test_start_times_out_and_stops_the_child(tmp_path: Path) -> None:
     pids = [pr.pid for pr in psutil.process_iter(["cmdline"])
             if pr.info["cmdline"] and pr.info["cmdline"][-1:] == SLEEPER[-1:]]
     assert pids == []
+
+
+def test_sigill_hint_names_no_repack() -> None:
+    assert "add --no-repack to the profile's server.args" in launch.exit_hint(-signal.SIGILL)
+    assert launch.exit_hint(1) == "see the log for why"

@@ -259,6 +259,13 @@ class RunningServer:
         return ServerFailed(message, hint=hint, log_path=self.log, details=proc.relevant_lines(lines))
 
 
+def exit_hint(code: int) -> str:
+    if code == -signal.SIGILL:
+        return ("it died of SIGILL (an instruction this CPU does not have); on some x86 virtual machines "
+                "llama.cpp's CPU weight repacking does this: add --no-repack to the profile's server.args")
+    return "see the log for why"
+
+
 def start(p: ServePlan, log: Path, ui: UI, *, ready_timeout: float = READY_TIMEOUT_S,
           poll: float = 0.25) -> RunningServer:
     """Start llama-server, wait until healthy, check its log against the plan. On any failure
@@ -273,7 +280,7 @@ def start(p: ServePlan, log: Path, ui: UI, *, ready_timeout: float = READY_TIMEO
                 code = child.poll()
                 if code is not None:
                     raise running.failure(f"llama-server exited with code {code} before it was ready",
-                                          hint="see the log for why")
+                                          hint=exit_hint(code))
                 status = _health(url, s.api_key)
                 if status == 200:
                     break
