@@ -10,6 +10,7 @@ from . import build as build_cmd
 from . import doctor as doctor_cmd
 from . import kv as kv_cmd
 from . import selftest as selftest_cmd
+from . import service as service_cmd
 
 app = typer.Typer(
     name="turboctl",
@@ -44,6 +45,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.command("selftest")(selftest_cmd.selftest)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(kv_cmd.app, name="kv")
+app.add_typer(service_cmd.app, name="service")
 
 
 def run() -> None:
