@@ -11,8 +11,8 @@ from .common import JsonOpt, handle_errors, start
 
 app = typer.Typer(
     name="service",
-    help="Run `turboctl serve --profile NAME` as a login service: a launchd agent on macOS, a systemd "
-         "user unit on Linux (restarted on failure, logs in the turboctl log directory).",
+    help="Run the server of a profile as a login service: a launchd agent on macOS, a systemd user "
+         "unit on Linux (restarted on failure, logs in the turboctl log directory).",
     no_args_is_help=True,
     add_completion=False,
 )
