@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import plistlib
+import shlex
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -428,6 +430,77 @@ def test_systemd_analyze_catches_a_broken_unit(linux: svc.Host, tmp_path: Path) 
     f.path.write_text(f.content.replace("Restart=on-failure", "Restart=on-failur"), encoding="utf-8")
     code, output = verify_unit(f.path, tmp_path, linux)
     assert complaints(output, f) != []
+
+
+SYSTEMD = next((p for p in ("/usr/lib/systemd/systemd", "/lib/systemd/systemd") if os.access(p, os.X_OK)), None)
+SETPRIV = shutil.which("setpriv")
+
+
+def systemd_test_dump(unit: svc.ServiceFile, host: svc.Host) -> str:
+    """`systemd --test --user`: the user manager loads the unit as it would at login and dumps what it
+    parsed (offline: it starts nothing). It refuses to run as root in user mode, so as root it runs as
+    'nobody' on a world-readable copy outside pytest's private tmp dir."""
+    assert SYSTEMD is not None
+    base = Path(tempfile.mkdtemp(prefix="turboctl-unit-test-"))
+    try:
+        base.chmod(0o755)
+        config = base / "config"
+        (config / "systemd" / "user").mkdir(parents=True)
+        shutil.copy(unit.path, config / "systemd" / "user" / unit.name)
+        for d in (config, config / "systemd", config / "systemd" / "user"):
+            d.chmod(0o755)
+        (config / "systemd" / "user" / unit.name).chmod(0o644)
+        runtime = base / "runtime"
+        runtime.mkdir(mode=0o700)
+        prefix: list[str] = []
+        if os.geteuid() == 0:
+            if SETPRIV is None:
+                pytest.skip("running as root and setpriv is missing (systemd --user refuses root)")
+            os.chown(runtime, 65534, 65534)
+            prefix = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(host.home), "XDG_CONFIG_HOME": str(config),
+               "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_TARGET": "console", "SYSTEMD_LOG_COLOR": "0"}
+        res = subprocess.run([*prefix, SYSTEMD, "--test", "--user", f"--unit={unit.name}", "--no-pager"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        section: list[str] = []
+        inside = False
+        for line in res.stdout.splitlines():
+            if line.startswith("\t-> Unit "):
+                inside = line == f"\t-> Unit {unit.name}:"
+                continue
+            if inside:
+                section.append(line.strip())
+        assert section, res.stdout[-2000:]
+        return "\n".join(section)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(SYSTEMD is None, reason="no systemd binary (not a systemd system)")
+def test_systemd_reads_the_values_as_written(tmp_path: Path) -> None:
+    """What systemd itself parsed from the unit: the program, environment and log path with their
+    spaces, '%', '$', quotes and backslashes come out exactly as turboctl meant them."""
+    host = make_host(tmp_path, "Linux", program_dir="my env 100%/$x/bin",
+                     env={"TURBOCTL_HOME": "x", "PATH": '/a b/%n/$PATH/"q"/back\\slash:/usr/bin'})
+    host = replace(host, paths=Paths(home=tmp_path / "tc 50%" / "$HOME"))
+    out = svc.install("demo", host, FakeRunner())
+    dump = systemd_test_dump(out.file, host)
+    values: dict[str, list[str]] = {}
+    for line in dump.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            values.setdefault(key, []).append(value)
+    assert values["Unit Load State"] == ["loaded"]
+    assert values["Fragment Path"][0].endswith("/turboctl-demo.service")
+    assert values["Type"] == ["simple"] and values["Restart"] == ["on-failure"]
+    assert values["RestartSec"] == [f"{svc.RESTART_SEC}s"]
+    assert values["Environment"] == [f"TURBOCTL_HOME={host.paths.home}", 'PATH=/a b/%n/$PATH/"q"/back\\slash:/usr/bin']
+    assert values["StandardOutput"] == ["append"] and values["StandardError"] == ["append"]
+    assert values["StandardOutputFileToAppend"] == [str(host.paths.logs / "service-demo.log")]
+    assert values["WorkingDirectory"] == [str(host.home)]
+    # systemd shows the command shell-quoted, '$' escaped
+    assert shlex.split(values["Command Line"][0].replace("\\$", "$")) == list(out.file.argv)
 
 
 def test_systemd_install_fresh(linux: svc.Host) -> None:
