@@ -176,11 +176,45 @@ def test_launchd_install_fresh(mac: svc.Host) -> None:
 
 def test_launchd_install_reloads_a_loaded_agent(mac: svc.Host) -> None:
     svc.install("demo", mac, FakeRunner({("launchctl", "print"): (113, "")}))
-    runner = FakeRunner({("launchctl", "print"): (0, "gui/501/org.turboctl.serve.demo = {\n\tstate = running\n}")})
+    runner = LoadedFor(1)
     out = svc.install("demo", mac, runner)
     assert not out.changed and out.existed
-    assert [c[1] for c in runner.calls] == ["print", "bootout", "bootstrap"]
+    assert [c[1] for c in runner.calls] == ["print", "bootout", "print", "bootstrap"]
     assert runner.calls[1] == ["launchctl", "bootout", f"gui/{UID}/org.turboctl.serve.demo"]
+
+
+class LoadedFor(FakeRunner):
+    """`launchctl print` says "loaded" for the first ``n`` calls, then "not found"."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def __call__(self, args: Sequence[str], *, quiet: bool = False) -> proc.Result:
+        if list(args[:2]) == ["launchctl", "print"]:
+            self.calls.append(list(args))
+            self.n -= 1
+            code = 0 if self.n >= 0 else 113
+            return proc.Result(list(args), code, "")
+        return super().__call__(args, quiet=quiet)
+
+
+def test_launchd_install_waits_for_the_bootout(mac: svc.Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(svc, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(svc, "_sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    runner = LoadedFor(3)
+    svc.install("demo", mac, runner)
+    assert [c[1] for c in runner.calls] == ["print", "bootout", "print", "print", "print", "bootstrap"]
+    assert clock[0] == 1.0
+    runner = LoadedFor(1000)
+    with pytest.raises(ServiceError) as exc:
+        svc.install("demo", mac, runner)
+    assert exc.value.message == (f"launchd still has gui/{UID}/org.turboctl.serve.demo loaded 30 s after "
+                                 "launchctl bootout")
+    assert exc.value.hint == (f"check `launchctl print gui/{UID}/org.turboctl.serve.demo`, then rerun "
+                              "`turboctl service install --profile demo`")
+    assert "bootstrap" not in [c[1] for c in runner.calls]
 
 
 def test_launchd_bootstrap_failure(mac: svc.Host) -> None:
@@ -313,6 +347,7 @@ def test_systemd_unit_renders(linux: svc.Host) -> None:
     assert int(service["RestartSec"]) > 0
     assert service["StandardOutput"] == service["StandardError"] == f"append:{log}"
     assert service["RestartPreventExitStatus"] == "2 3 17 18 20 23"
+    assert service["SuccessExitStatus"] == "130 143"
     envs = [v for k, v in unit["Service"] if k == "Environment"]
     # the TURBOCTL_HOME of this test has a space: quoted
     assert envs == [f'"TURBOCTL_HOME={linux.paths.home}"', '"PATH=/opt/homebrew/bin:/usr/bin:/bin"']
@@ -570,11 +605,13 @@ def test_systemctl_failures(linux: svc.Host) -> None:
     with pytest.raises(ServiceError) as exc:
         svc.install("demo", linux, runner)
     assert exc.value.message == "systemctl --user daemon-reload failed (exit code 1)"
+    path = linux.config_home / "systemd/user/turboctl-demo.service"
     assert exc.value.hint == ("no systemd user session is reachable from this shell: log in as this user (not via "
                               "su/sudo), or let the user's services run without a login with "
-                              "`loginctl enable-linger $USER`")
+                              "`loginctl enable-linger $USER`; "
+                              f"the unit file is in place ({path}); fix the cause and rerun `turboctl service install "
+                              "--profile demo`, or remove it with `turboctl service uninstall --profile demo`")
     assert exc.value.details == ["Failed to connect to bus: No medium found"]
-    path = linux.config_home / "systemd/user/turboctl-demo.service"
     runner = FakeRunner({("systemctl", "--user", "enable"): (1, "Failed to enable unit: Unit file is masked.")})
     with pytest.raises(ServiceError) as exc:
         svc.install("demo", linux, runner)
@@ -645,9 +682,10 @@ def test_systemd_status_failure(linux: svc.Host) -> None:
     runner = FakeRunner({("systemctl",): (1, "Failed to connect to bus: No medium found")})
     with pytest.raises(ServiceError) as exc:
         svc.status("demo", linux, runner)
-    assert exc.value.message.startswith("systemctl --user show turboctl-demo.service --property=LoadState ")
-    assert exc.value.message.endswith(" failed (exit code 1)")
-    assert "loginctl enable-linger" in (exc.value.hint or "")
+    assert exc.value.message == "systemctl --user show turboctl-demo.service failed (exit code 1)"
+    assert exc.value.hint == ("no systemd user session is reachable from this shell: log in as this user (not via "
+                              "su/sudo), or let the user's services run without a login with "
+                              "`loginctl enable-linger $USER`")
 
 
 def test_installed_profiles(linux: svc.Host, mac: svc.Host) -> None:

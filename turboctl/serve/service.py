@@ -29,6 +29,7 @@ import plistlib
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 from .. import proc
 from ..errors import (
+    EXIT_INTERRUPTED,
     ConfigError,
     DoesNotFit,
     InsecureBind,
@@ -73,10 +75,14 @@ RESTART_SEC = 10
 START_LIMIT_BURST = 5
 START_LIMIT_INTERVAL_S = 300
 THROTTLE_INTERVAL_S = 10
+STOPPED_EXIT_CODES = (EXIT_INTERRUPTED, 128 + 15)
 NO_RESTART_ERRORS = (UsageError, ConfigError, ProfileError, ProfileNotFound, DoesNotFit, InsecureBind)
 
 # launchctl print: "Could not find service ... in domain for ..." exits 113
 LAUNCHCTL_NOT_FOUND = 113
+BOOTOUT_WAIT_S = 30.0
+_sleep = time.sleep
+_monotonic = time.monotonic
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SYSTEMD_BARE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
@@ -313,6 +319,8 @@ def render_systemd(profile: str, argv: Sequence[str], log: Path, env: Mapping[st
         f"RestartSec={RESTART_SEC}",
         # turboctl's exit codes for errors that the same configuration will hit again
         "RestartPreventExitStatus=" + " ".join(str(c) for c in restart_exempt_codes()),
+        # turboctl stopped by a signal (systemctl stop, kill) exits 130 / 143: a clean stop, not a failure
+        f"SuccessExitStatus={' '.join(str(c) for c in STOPPED_EXIT_CODES)}",
         *(f"Environment={systemd_environment(k, v)}" for k, v in env.items()),
         f"StandardOutput=append:{logp}",
         f"StandardError=append:{logp}",
@@ -334,6 +342,7 @@ class Step:
     args: tuple[str, ...]           # the command ("run") or (path,) ("remove")
     why: str
     only_if_loaded: bool = False    # launchd: only when `launchctl print` finds the job
+    wait_unloaded: bool = False     # launchd: afterwards, wait until the job is gone (bootout is asynchronous)
 
     def text(self) -> str:
         if self.kind == "remove":
@@ -342,7 +351,7 @@ class Step:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "args": list(self.args), "why": self.why,
-                "only_if_loaded": self.only_if_loaded}
+                "only_if_loaded": self.only_if_loaded, "wait_unloaded": self.wait_unloaded}
 
 
 @dataclass
@@ -382,7 +391,7 @@ def install_steps(f: ServiceFile, host: Host, existed: bool) -> list[Step]:
     if f.manager == "launchd":
         return [
             Step("run", ("launchctl", "bootout", _launchctl_target(f, host)),
-                 "stop the agent that is loaded now", only_if_loaded=True),
+                 "stop the agent that is loaded now", only_if_loaded=True, wait_unloaded=True),
             Step("run", ("launchctl", "bootstrap", f"gui/{host.uid}", str(f.path)), "load and start the agent"),
         ]
     steps = [
@@ -428,14 +437,17 @@ def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _failure_hint(f: ServiceFile, action: str, output: str) -> str:
+    parts = []
     if f.manager == "systemd" and ("Failed to connect to bus" in output or "XDG_RUNTIME_DIR" in output):
-        return ("no systemd user session is reachable from this shell: log in as this user (not via su/sudo), "
-                "or let the user's services run without a login with `loginctl enable-linger $USER`")
+        parts.append("no systemd user session is reachable from this shell: log in as this user (not via su/sudo), "
+                     "or let the user's services run without a login with `loginctl enable-linger $USER`")
     if action == "install":
-        return (f"the {'agent' if f.manager == 'launchd' else 'unit'} file is in place ({f.path}); fix the cause and "
-                f"rerun `turboctl service install --profile {f.profile}`, or remove it with "
-                f"`turboctl service uninstall --profile {f.profile}`")
-    return f"fix the cause and rerun `turboctl service {action} --profile {f.profile}`"
+        parts.append(f"the {'agent' if f.manager == 'launchd' else 'unit'} file is in place ({f.path}); fix the cause "
+                     f"and rerun `turboctl service install --profile {f.profile}`, or remove it with "
+                     f"`turboctl service uninstall --profile {f.profile}`")
+    elif not parts:
+        parts.append(f"fix the cause and rerun `turboctl service {action} --profile {f.profile}`")
+    return "; ".join(parts)
 
 
 def _is_loaded(f: ServiceFile, host: Host, runner: Runner) -> bool:
@@ -469,6 +481,22 @@ def _execute(outcome: Outcome, host: Host, runner: Runner) -> None:
             raise ServiceError(f"{step.text()} {how}", hint=_failure_hint(f, outcome.action, res.output),
                                details=proc.relevant_lines(res.lines))
         outcome.ran.append(step)
+        if step.wait_unloaded:
+            _wait_unloaded(f, host, runner)
+            loaded = False
+
+
+def _wait_unloaded(f: ServiceFile, host: Host, runner: Runner) -> None:
+    """`launchctl bootout` can return while the job is still stopping; a bootstrap then fails with
+    "Input/output error". Wait for it to go (launchd SIGKILLs it after its 20 s exit timeout)."""
+    deadline = _monotonic() + BOOTOUT_WAIT_S
+    while _is_loaded(f, host, runner):
+        if _monotonic() >= deadline:
+            raise ServiceError(f"launchd still has {_launchctl_target(f, host)} loaded {BOOTOUT_WAIT_S:g} s after "
+                               "launchctl bootout",
+                               hint=f"check `launchctl print {_launchctl_target(f, host)}`, then rerun "
+                                    f"`turboctl service install --profile {f.profile}`")
+        _sleep(0.5)
 
 
 def _read(path: Path) -> bytes | None:
@@ -612,7 +640,7 @@ def status(profile: str, host: Host, runner: Runner) -> Status:
     args = ["systemctl", "--user", "show", f.name, *(f"--property={p}" for p in SYSTEMD_PROPERTIES)]
     res = runner(args, quiet=True)
     if res.returncode != 0:
-        raise ServiceError(f"{' '.join(args)} failed (exit code {res.returncode})",
+        raise ServiceError(f"systemctl --user show {f.name} failed (exit code {res.returncode})",
                            hint=_failure_hint(f, "status", res.output), details=proc.relevant_lines(res.lines))
     info = parse_systemctl_show(res.output)
     load = info.get("LoadState", "")
