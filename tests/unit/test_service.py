@@ -305,7 +305,7 @@ def test_launchd_status(mac: svc.Host) -> None:
     runner = FakeRunner({("launchctl", "print"): (0, LAUNCHCTL_PRINT)})
     st = svc.status("demo", mac, runner)
     assert (st.loaded, st.running, st.state, st.pid, st.last_exit, st.restarts) == (True, True, "running", 4242,
-                                                                                    "1", 3)
+                                                                                    "1", 2)
     assert runner.calls == [["launchctl", "print", f"gui/{UID}/org.turboctl.serve.demo"]]
     d = st.to_dict()
     assert d["schema"] == "turboctl.service/1" and d["pid"] == 4242 and d["manager"] == "launchd"
@@ -596,7 +596,7 @@ def test_dry_run_changes_nothing(tmp_path: Path, system: str) -> None:
     assert d["content"] == out.file.content and d["ran"] == [] and d["dry_run"] is True
     assert [s["args"] for s in d["steps"]] == [list(s.args) for s in out.steps]
     out = svc.uninstall("demo", host, runner, dry_run=True)
-    assert runner.calls == []
+    assert runner.calls == [] and out.notes == [f"{out.file.path} does not exist"]
 
 
 def test_systemctl_failures(linux: svc.Host) -> None:
@@ -758,3 +758,24 @@ def test_system_runner_without_the_tool(tmp_path: Path, monkeypatch: pytest.Monk
     assert exc.value.message == ("systemctl is not available: turboctl service needs launchd (macOS) or a systemd "
                                  "user session (Linux)")
     assert exc.value.hint == "run `turboctl serve --profile NAME` under your own process supervisor instead"
+
+
+def test_program_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = replace(make_host(tmp_path, "Linux"), program=("python3", "-m", "turboctl"))
+    monkeypatch.setattr(svc.sys, "executable", "")
+    with pytest.raises(ServiceError) as exc:
+        svc.turboctl_program()
+    assert exc.value.message == "cannot tell which Python runs turboctl (sys.executable is empty)"
+    assert exc.value.hint == "run turboctl from a normal Python installation or virtual environment"
+    with pytest.raises(ServiceError) as exc:
+        svc.render("demo", host)
+    assert exc.value.message == "the turboctl program path is not absolute: python3"
+
+
+def test_unreadable_service_file(linux: svc.Host) -> None:
+    path = svc.service_path("demo", linux)
+    path.mkdir(parents=True)                # a directory where the unit file should be
+    for call in (lambda: svc.install("demo", linux, FakeRunner()), lambda: svc.status("demo", linux, FakeRunner())):
+        with pytest.raises(ServiceError) as exc:
+            call()
+        assert exc.value.message == f"cannot read {path}: Is a directory"

@@ -545,6 +545,8 @@ def uninstall(profile: str, host: Host, runner: Runner, *, dry_run: bool = False
     existed = f.path.exists()
     outcome = Outcome("uninstall", f, existed, existed, uninstall_steps(f, host, existed), dry_run)
     if dry_run:
+        if not existed:
+            outcome.notes.append(f"{f.path} does not exist")
         return outcome
     _execute(outcome, host, runner)
     if not existed and not outcome.ran:
@@ -635,8 +637,9 @@ def status(profile: str, host: Host, runner: Runner) -> Status:
         info = parse_launchctl_print(res.output)
         state = info.get("state", "unknown")
         pid = _int_or_none(info.get("pid"))
+        runs = _int_or_none(info.get("runs"))      # how often launchd started it
         return Status(f, installed, up_to_date, True, state == "running", state, installed,
-                      pid, info.get("last exit code"), _int_or_none(info.get("runs")), log_exists)
+                      pid, info.get("last exit code"), None if runs is None else max(runs - 1, 0), log_exists)
     args = ["systemctl", "--user", "show", f.name, *(f"--property={p}" for p in SYSTEMD_PROPERTIES)]
     res = runner(args, quiet=True)
     if res.returncode != 0:
