@@ -65,7 +65,7 @@ class FakeRunner:
 def make_host(tmp_path: Path, system: str, *, env: dict[str, str] | None = None,
               program_dir: str = "venv/bin") -> svc.Host:
     home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     tc_home = tmp_path / "tc home"
     exe_dir = tmp_path / program_dir
     exe_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def test_valid_profile_names(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "../x", ".hidden", "-x", "_x", "a b", "a@b", "x" * 65, "é", "a\nb",
-                                  "profiles/demo.yaml", "a:b", "a\\b"])
+                                  "profiles/demo.yaml", "a:b", "a\\b", "demo.yaml/"])
 def test_bad_profile_name_is_refused(name: str, linux: svc.Host) -> None:
     msg = (f"profile name {name!r} cannot name a service: use letters, digits, '.', '_' and '-', starting with "
            "a letter or digit, at most 64 characters")
@@ -106,6 +106,15 @@ def test_bad_profile_name_is_refused(name: str, linux: svc.Host) -> None:
         assert exc.value.message == msg
         assert exc.value.hint == "a service takes a profile NAME from the catalog, not a file path"
         assert exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo.YML"])
+def test_profile_file_name_is_refused(name: str, linux: svc.Host) -> None:
+    with pytest.raises(UsageError) as exc:
+        svc.install(name, linux, FakeRunner())
+    assert exc.value.message == (f"profile name {name!r} is a file name: a service takes the profile's name, "
+                                 "not its file")
+    assert exc.value.hint == "use the name the file defines (turboctl profiles list), e.g. 'demo'"
 
 
 def test_unsupported_os(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import plistlib
 from pathlib import Path
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
@@ -154,3 +155,27 @@ def test_install_calls_the_profile_hook(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(service_cli, "check_profile", seen.append)
     assert invoke("service", "install", "--profile", "demo", "--dry-run")[0] == 0
     assert seen == ["demo"]
+
+
+def test_json_documents_match_the_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeRunner) -> None:
+    schema = json.loads(svc.schema_path().read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    docs = []
+    for system in ("Linux", "Darwin"):
+        use_host(monkeypatch, make_host(tmp_path / system, system))
+        fake.answers[("systemctl", "--user", "show")] = (0, "LoadState=loaded\nActiveState=active\nSubState=running\n"
+                                                            "UnitFileState=enabled\nMainPID=77\nNRestarts=0\n")
+        fake.answers[("launchctl", "print")] = (113, "")
+        for args in (["install", "--profile", "demo", "--dry-run"], ["install", "--profile", "demo"],
+                     ["status", "--profile", "demo"], ["status"], ["uninstall", "--profile", "demo"],
+                     ["uninstall", "--profile", "demo", "--dry-run"]):
+            code, out, err = invoke("service", *args, "--json")
+            assert code == 0, err
+            docs.append(json.loads(out))
+    assert len(docs) == 12
+    for doc in docs:
+        jsonschema.validate(doc, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**docs[2], "pid": "77"}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**docs[0], "surprise": 1}, schema)

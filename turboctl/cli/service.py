@@ -39,7 +39,10 @@ def check_profile(name: str) -> None:
     ProfileNotFound when the catalog has no profile ``name``.
 
     Not wired yet: the catalog is written in parallel, so for now only the name's charset is
-    checked (by the service module); the integrator makes this call the catalog's lookup."""
+    checked (by the service module); the integrator makes this call the catalog's lookup. The
+    service runs in the user's home directory (WorkingDirectory), so the lookup should be the one
+    the service will make from there: a profile found only in ./profiles of the current directory
+    would not be found by the service."""
 
 
 def _show_steps(ui: UI, steps: list[svc.Step], title: str) -> None:

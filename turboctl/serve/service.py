@@ -97,6 +97,11 @@ class Runner(Protocol):
 ProfileCheck = Callable[[str], None]
 
 
+def schema_path() -> Path:
+    """The JSON schema of ``turboctl service ... --json``."""
+    return Path(__file__).resolve().parent.parent / "schemas" / "service.schema.json"
+
+
 def system_runner() -> Runner:
     """The real runner: :func:`turboctl.proc.run` (command echoed unless ``quiet``, 60 s timeout)."""
 
@@ -160,6 +165,10 @@ def turboctl_program() -> tuple[str, ...]:
 
 def validate_profile_name(name: str) -> str:
     """The name, or a UsageError saying which characters a service profile name may use."""
+    if name.lower().endswith((".yaml", ".yml")) and PROFILE_NAME.fullmatch(name):
+        raise UsageError(f"profile name {name!r} is a file name: a service takes the profile's name, not its file",
+                         hint="use the name the file defines (turboctl profiles list), "
+                              f"e.g. {name.rsplit('.', 1)[0]!r}")
     if not PROFILE_NAME.fullmatch(name):
         raise UsageError(
             f"profile name {name!r} cannot name a service: use letters, digits, '.', '_' and '-', "
