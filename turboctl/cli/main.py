@@ -11,6 +11,7 @@ from . import doctor as doctor_cmd
 from . import kv as kv_cmd
 from . import selftest as selftest_cmd
 from . import serve as serve_cmd
+from . import service as service_cmd
 
 app = typer.Typer(
     name="turboctl",
@@ -46,6 +47,7 @@ app.command("selftest")(selftest_cmd.selftest)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(kv_cmd.app, name="kv")
+app.add_typer(service_cmd.app, name="service")
 
 
 def run() -> None:
