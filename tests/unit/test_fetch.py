@@ -419,14 +419,30 @@ def test_hf_drop_mid_file_is_resumed_by_huggingface_hub(file_server: FileServer,
     assert len(file_server.gets("/cdn/")) == 2
 
 
-def test_hf_checksum_mismatch(file_server: FileServer, hub: Path, paths: Paths, model: bytes) -> None:
+def test_hf_checksum_mismatch_of_an_lfs_file_is_refused_before_downloading(
+        file_server: FileServer, hub: Path, paths: Paths, model: bytes) -> None:
     file_server.hf[REPO] = HFRepo({FILE: model})
     with pytest.raises(VerificationError) as err:
         resolve_model(Source(hf=HF(REPO, FILE), sha256="cd" * 32), paths, ui())
-    blob = hub / "models--org--tiny-GGUF" / "blobs" / sha256(model)
+    assert err.value.message == (
+        f"Hugging Face file {REPO}/{FILE}@main is not the one model.sha256 names: the Hub gives sha256 "
+        f"{sha256(model)}, expected {'cd' * 32}; nothing was downloaded (pin model.hf.revision to the commit you "
+        "checked, or fix model.sha256)")
+    assert file_server.gets("/cdn/") == []
+
+
+def test_hf_checksum_mismatch_after_the_download(file_server: FileServer, hub: Path, paths: Paths,
+                                                 model: bytes) -> None:
+    file_server.hf[REPO] = HFRepo({FILE: model}, lfs=False)  # no sha256 from the Hub: checked after
+    with pytest.raises(VerificationError) as err:
+        resolve_model(Source(hf=HF(REPO, FILE), sha256="cd" * 32), paths, ui())
+    blob = next(hub.glob("models--org--tiny-GGUF/blobs/*"))
     assert err.value.message == (
         f"Hugging Face file {REPO}/{FILE}@main ({blob}) does not match model.sha256: expected {'cd' * 32}, got "
         f"{sha256(model)} (pin model.hf.revision to the commit you checked, or delete the file and run again)")
+    # the Hub's file stays in the user's Hugging Face cache (it is theirs), and is refused every time
+    with pytest.raises(VerificationError):
+        resolve_model(Source(hf=HF(REPO, FILE), sha256="cd" * 32), paths, ui(), offline=True)
 
 
 def test_hf_offline_and_unreachable_say_what_to_download(file_server: FileServer, hub: Path, paths: Paths,

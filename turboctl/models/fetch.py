@@ -135,8 +135,13 @@ class FetchedModel:
     """True when this resolution transferred bytes over the network."""
 
 
-class _NotPresent(ModelError):
-    """The model is not on this machine and may not be downloaded (``offline``)."""
+class _NotPresent(Exception):
+    """The model is not on this machine and may not be downloaded (``offline``): a ModelError
+    for :func:`resolve_model`, None for :func:`local_model`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def model_cache_dir(paths: Paths) -> Path:
@@ -149,6 +154,13 @@ def resolve_model(src: ModelSourceLike, paths: Paths, ui: UI, *, offline: bool =
 
     Errors (one line each): ModelError (missing file, bad source, not on the Hub, offline and
     not present), NetworkError (cannot download), VerificationError (checksum mismatch)."""
+    try:
+        return _resolve(src, paths, ui, offline, base_dir)
+    except _NotPresent as exc:
+        raise ModelError(exc.message) from None
+
+
+def _resolve(src: ModelSourceLike, paths: Paths, ui: UI, offline: bool, base_dir: Path | None) -> FetchedModel:
     kind = _kind(src)
     if kind == "path":
         assert src.path is not None
@@ -164,7 +176,7 @@ def local_model(src: ModelSourceLike, paths: Paths, base_dir: Path | None = None
     network. A file that is there but fails its checksum is an error, not None (a corrupt copy
     in turboctl's own cache is deleted and reported as absent)."""
     try:
-        return resolve_model(src, paths, UI(quiet=True), offline=True, base_dir=base_dir).path
+        return _resolve(src, paths, UI(quiet=True), True, base_dir).path
     except _NotPresent:
         return None
 
@@ -306,6 +318,23 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _hub_sha256(repo: str, file: str, rev: str) -> str | None:
+    """The sha256 the Hub states for a file stored with LFS (its linked ETag), asked without
+    downloading and without retries, so a multi-GB download of the wrong file is refused up
+    front; None when the file is cached already (huggingface_hub handles that case), not an
+    LFS file, or the Hub cannot be asked (the download itself then reports why)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, file, revision=rev), str):
+        return None
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo, file, revision=rev))
+    except Exception:  # best effort: hf_hub_download asks again and its errors are mapped below
+        return None
+    etag = (meta.etag or "").lower()
+    return etag if _SHA256.fullmatch(etag) else None
+
+
 def _from_hf(hf: HFSourceLike, sha: str | None, paths: Paths, ui: UI, offline: bool) -> FetchedModel:
     import huggingface_hub
     from huggingface_hub import constants
@@ -331,6 +360,12 @@ def _from_hf(hf: HFSourceLike, sha: str | None, paths: Paths, ui: UI, offline: b
             kwargs["tqdm_class"] = _hf_progress_class(stack, ui, PurePosixPath(file).name, seen)
         if not offline:
             ui.info(f"model {what} (Hugging Face, cache {constants.HF_HUB_CACHE})")
+            hub_sha = _hub_sha256(repo, file, rev) if sha is not None else None
+            if hub_sha is not None and hub_sha != sha:
+                raise VerificationError(
+                    f"Hugging Face file {what} is not the one model.sha256 names: the Hub gives sha256 {hub_sha}, "
+                    f"expected {sha}; nothing was downloaded (pin model.hf.revision to the commit you checked, or "
+                    "fix model.sha256)")
         try:
             found = huggingface_hub.hf_hub_download(**kwargs)
         except GatedRepoError as exc:
