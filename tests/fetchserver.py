@@ -65,6 +65,10 @@ class Behaviour:
     delay: float = 0.0
     """Seconds to sleep after each chunk."""
     chunk: int = 8192
+    range_shift: int = 0
+    """Answer a Range request with bytes from this much further on (and say so in Content-Range) ..."""
+    partial_without_range: bool = False
+    """... and a request without Range too (206 from offset ``range_shift``)."""
     status: int | None = None
     """Answer requests with this status (and no body) ..."""
     status_on: str = ""
@@ -192,8 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
         start = 0
         rng = self.headers.get("Range")
         m = re.fullmatch(r"bytes=(\d+)-", rng.strip()) if rng else None
-        if m and not b.ignore_range:
-            start = int(m.group(1))
+        if (m and not b.ignore_range) or (b.partial_without_range and not m):
+            start = (int(m.group(1)) if m else 0) + b.range_shift
             if start >= len(data):
                 self._empty(416, {"Content-Range": f"bytes */{len(data)}"})
                 return

@@ -197,6 +197,25 @@ def test_url_server_ignoring_range_starts_over(file_server: FileServer, paths: P
     assert "the server ignored the range request: starting over" in capsys.readouterr().out
 
 
+def test_url_server_resuming_at_the_wrong_offset(file_server: FileServer, paths: Paths, model: bytes,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    file_server.behaviour = Behaviour(range_shift=100)
+    src = url_source(file_server, model)
+    final = model_cache_dir(paths) / f"{sha256(model)[:16]}-tiny.gguf"
+    final.parent.mkdir(parents=True)
+    final.with_name(final.name + ".part").write_bytes(model[:5000])
+    assert resolve_model(src, paths, ui()).path.read_bytes() == model
+    assert [g.range for g in file_server.gets()] == ["bytes=5000-", None]
+    assert "the server resumed at the wrong offset (5100, not 5000): starting over" in capsys.readouterr().out
+    file_server.behaviour = Behaviour(range_shift=100, partial_without_range=True)
+    final.unlink()
+    with pytest.raises(NetworkError) as err:
+        resolve_model(src, paths, ui())
+    assert err.value.message == (f"download of {src.url} failed: the server sent bytes from offset 100 when asked "
+                                 "for offset 0: download the file yourself and set model.path / --model to it")
+    assert not final.exists() and not final.with_name(final.name + ".part").exists()
+
+
 def test_url_wrong_bytes_are_deleted_and_never_used(file_server: FileServer, paths: Paths, model: bytes) -> None:
     file_server.behaviour = Behaviour(corrupt=True)
     src = url_source(file_server, model)
@@ -508,6 +527,40 @@ def test_hf_errors(file_server: FileServer, hub: Path, paths: Paths, model: byte
         assert len(text) > len(expected)
     else:
         assert text == expected
+
+
+def test_hf_connection_that_keeps_dropping(file_server: FileServer, hub: Path, paths: Paths, model: bytes) -> None:
+    file_server.hf[REPO] = HFRepo({FILE: model})
+    file_server.behaviour = Behaviour(drop_after=30_000, drops=-1)
+    with pytest.raises(NetworkError) as err:
+        resolve_model(Source(hf=HF(REPO, FILE)), paths, ui())
+    prefix = f"Hugging Face download of {REPO}/{FILE}@main from {file_server.endpoint} did not finish ("
+    assert err.value.message.startswith(prefix) and "\n" not in err.value.message
+    assert err.value.message.endswith(f"): run again, or run `hf download {REPO} {FILE} --revision main`")
+    assert len(file_server.gets("/cdn/")) >= 2  # huggingface_hub retried (5 times in 2.4) before giving up
+    assert not list(hub.glob("models--org--tiny-GGUF/snapshots/*/*"))
+
+
+def test_concurrent_fetches_wait_for_each_other(file_server: FileServer, paths: Paths, model: bytes,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+    import threading
+
+    src = url_source(file_server, model)
+    final = model_cache_dir(paths) / f"{sha256(model)[:16]}-tiny.gguf"
+    lock = model_cache_dir(paths) / ".locks" / f"{final.name}.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        results: list[fetch.FetchedModel] = []
+        worker = threading.Thread(target=lambda: results.append(resolve_model(src, paths, ui())))
+        worker.start()
+        time.sleep(0.3)
+        assert worker.is_alive() and file_server.log == []  # blocked, not downloading
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    worker.join(10)
+    assert results and results[0].path.read_bytes() == model
+    assert f"waiting for another turboctl that is fetching {final.name}" in capsys.readouterr().out
 
 
 def test_hf_http_error_during_the_download(file_server: FileServer, hub: Path, paths: Paths, model: bytes) -> None:

@@ -54,7 +54,7 @@ def start(spec: dict[str, object], home: Path, env: dict[str, str]) -> subproces
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 20.0) -> None:
+def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:

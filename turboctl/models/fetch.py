@@ -545,10 +545,12 @@ def _transfer(url: str, part: Path, ui: UI, *, restarted: bool = False) -> str:
         if resp.status_code == 206:
             start = _range_start(resp.headers.get("Content-Range", ""))
             if start != have:
-                part.unlink()
-                if restarted:
-                    raise NetworkError(f"download of {url} failed: the server answered a range request with "
-                                       "bytes from the wrong offset")
+                part.unlink(missing_ok=True)
+                if restarted or not have:
+                    raise NetworkError(f"download of {url} failed: the server sent bytes from offset {start} when "
+                                       f"asked for offset {have}: download the file yourself and set model.path / "
+                                       "--model to it")
+                ui.info(f"  the server resumed at the wrong offset ({start}, not {have}): starting over")
                 resp.close()
                 return _transfer(url, part, ui, restarted=True)
         elif resp.status_code == 200:
