@@ -1,0 +1,104 @@
+"""The what-if table of ``turboctl doctor --model M`` (and ``--profile``): for each KV cache type
+and the given recipe, the KV bytes at the context and the largest context that fits this
+machine, from the built binary's projection (:mod:`turboctl.serve.fit`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..build.manifest import Manifest
+from ..errors import GateRefused, KVConfigError, ModelError, UsageError
+from ..kv.recipe import Recipe, parse_recipe
+from ..preflight import preflight
+from .fit import Budget, Projector, largest_context
+
+SCHEMA = "turboctl.whatif/1"
+WHAT_IF_TYPES = ("f16", "q8_0", "q4_0", "turbo4", "turbo3", "turbo2")
+
+
+@dataclass(frozen=True)
+class WhatIfRow:
+    recipe: str
+    given: bool                 # the recipe asked for (profile / --kv), not one of the fixed types
+    bits_per_value: float | None
+    context: int                # the context the KV and total columns are for
+    kv_bytes: int | None
+    total_bytes: int | None
+    fits: bool | None
+    largest_context: int | None
+    skipped: str | None = None  # why the row has no figures (the gate, the model)
+
+
+def n_ctx_train(meta: Mapping[str, Any]) -> int:
+    """``{arch}.context_length`` of a model's metadata (ModelError when absent)."""
+    arch = meta.get("general.architecture")
+    value = meta.get(f"{arch}.context_length")
+    if not isinstance(value, int) or value <= 0:
+        raise ModelError(f"the model has no {arch}.context_length: cannot pick a context automatically",
+                         hint="give the context as a number (--ctx N)")
+    return value
+
+
+def _row(m: Manifest, model: Path, recipe: Recipe, given: bool, context: int | Literal["auto"], budget: Budget,
+         train: int, parallel: int, batch_size: int | None, extra_args: Sequence[str],
+         env: Mapping[str, str] | None) -> WhatIfRow:
+    at = train if context == "auto" else context
+    try:
+        _info, [plan] = preflight(m, model, [recipe])
+    except GateRefused as exc:
+        return WhatIfRow(recipe.label, given, None, at, None, None, None, None, f"refused by the gate: {exc.message}")
+    except (KVConfigError, ModelError) as exc:
+        return WhatIfRow(recipe.label, given, None, at, None, None, None, None,
+                         f"the model cannot use it: {exc.message}")
+    proj = Projector(m, model, plan, parallel=parallel, batch_size=batch_size, extra_args=extra_args, env=env)
+    best = largest_context(m, model, plan, budget, n_ctx_train=train, projector=proj)
+    if context == "auto" and best is not None:
+        at = best
+    p = proj(at)
+    return WhatIfRow(recipe.label, given, round(plan.bits_per_value, 4), at, p.kv, p.total, p.total <= budget.bytes,
+                     best)
+
+
+def what_if(m: Manifest, model: Path, profile_recipe: Recipe | None, context: int | Literal["auto"], budget: Budget, *,
+            n_ctx_train: int, parallel: int = 1, batch_size: int | None = None, extra_args: Sequence[str] = (),
+            env: Mapping[str, str] | None = None) -> list[WhatIfRow]:
+    """One row per type of :data:`WHAT_IF_TYPES` (K = V), then the given recipe (when it is not one of
+    them). With ``context='auto'`` each row's figures are at its own largest fitting context (at the
+    training context when nothing fits)."""
+    if context != "auto" and context <= 0:
+        raise UsageError(f"--ctx {context}: the context must be a positive number of tokens, or auto")
+    rows = []
+    recipes = [(parse_recipe(t), False) for t in WHAT_IF_TYPES]
+    if profile_recipe is not None:
+        same = [i for i, (r, _) in enumerate(recipes) if r.label == profile_recipe.label]
+        if same:
+            recipes[same[0]] = (recipes[same[0]][0], True)
+        else:
+            recipes.append((profile_recipe, True))
+    for recipe, given in recipes:
+        rows.append(_row(m, model, recipe, given, context, budget, n_ctx_train, parallel, batch_size, extra_args,
+                         env))
+    return rows
+
+
+def report(model: Path, context: int | Literal["auto"], budget: Budget, rows: Sequence[WhatIfRow], *,
+           n_ctx_train: int, parallel: int, backend: str) -> dict[str, Any]:
+    """The what-if table as JSON (schema ``turboctl/schemas/whatif.schema.json``)."""
+    return {
+        "schema": SCHEMA,
+        "model": str(model),
+        "backend": backend,
+        "context": context,
+        "n_ctx_train": n_ctx_train,
+        "parallel": parallel,
+        "budget": {"bytes": budget.bytes, "source": budget.source, "kind": budget.kind,
+                   "base_bytes": budget.base, "margin_bytes": budget.margin},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def schema_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "schemas" / "whatif.schema.json"
