@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,13 @@ def test_largest_context_really_fits(llama_build: manifest.Manifest, tiny: Path)
     probe = fit.Projector(llama_build, BENCH_A, plan, env=env)
     at_5k, at_6k = probe(5 * 1024), probe(6 * 1024)
     budget = fit.Budget((at_5k.total + at_6k.total) // 2, "test budget")
-    counted = fit.Projector(llama_build, BENCH_A, plan, env=env)
-    calls: list[int] = []
-    inner = counted.runner
-    counted.runner = lambda a, e: (calls.append(1), inner(a, e))[1]  # type: ignore[method-assign]
+    calls: list[Sequence[str]] = []
+
+    def counting(args: Sequence[str], env: Mapping[str, str] | None) -> tuple[int, str]:
+        calls.append(args)
+        return fit._run_binary(args, env)
+
+    counted = fit.Projector(llama_build, BENCH_A, plan, env=env, runner=counting)
     assert fit.largest_context(llama_build, BENCH_A, plan, budget, n_ctx_train=32768, projector=counted) == 5 * 1024
     print(f"\nlargest context 5120 found with {len(calls)} llama-fit-params calls")
     assert len(calls) <= 8

@@ -175,7 +175,6 @@ class Projection:
 _CTX_LINE = re.compile(r"llama_fit_params: projected context: n_ctx (\d+), n_ctx_seq (\d+), n_seq_max (\d+)")
 _BYTES_LINE = re.compile(r"llama_fit_params: projected bytes: (.+?) \(device (.+?), (host|device)\): "
                          r"model (\d+), context (\d+), compute (\d+)")
-_HELP_FLAG = re.compile(r"^(-[^\s,]+(?:,\s+-[^\s,]+)*)(?:\s(\S+))?")
 
 
 def parse_projection(output: str) -> tuple[tuple[int, int, int], list[BufferBytes]]:
@@ -198,7 +197,8 @@ def help_flags(help_text: str) -> dict[str, bool]:
     """Every flag a llama.cpp program's ``--help`` lists → whether it takes a value."""
     out: dict[str, bool] = {}
     for line in help_text.splitlines():
-        first = re.split(r"\s{2,}(?=[a-z(])", line.strip(), maxsplit=1)[0] if line.startswith("-") else ""
+        # "-c,    --ctx-size N      size of ...": the flags end at the first wide gap not after a comma
+        first = re.split(r"(?<![,\s])\s{2,}", line.strip(), maxsplit=1)[0] if line.startswith("-") else ""
         if not first or first.startswith("--- ") or first.startswith("-----"):
             continue
         names = [n.strip() for n in first.split(",")]

@@ -13,7 +13,7 @@ from ..build.manifest import Manifest
 from ..errors import GateRefused, KVConfigError, ModelError, UsageError
 from ..kv.recipe import Recipe, parse_recipe
 from ..preflight import preflight
-from .fit import Budget, Projector, largest_context
+from .fit import Budget, Projector, Runner, largest_context
 
 SCHEMA = "turboctl.whatif/1"
 WHAT_IF_TYPES = ("f16", "q8_0", "q4_0", "turbo4", "turbo3", "turbo2")
@@ -44,7 +44,7 @@ def n_ctx_train(meta: Mapping[str, Any]) -> int:
 
 def _row(m: Manifest, model: Path, recipe: Recipe, given: bool, context: int | Literal["auto"], budget: Budget,
          train: int, parallel: int, batch_size: int | None, extra_args: Sequence[str],
-         env: Mapping[str, str] | None) -> WhatIfRow:
+         env: Mapping[str, str] | None, runner: Runner | None) -> WhatIfRow:
     at = train if context == "auto" else context
     try:
         _info, [plan] = preflight(m, model, [recipe])
@@ -53,7 +53,8 @@ def _row(m: Manifest, model: Path, recipe: Recipe, given: bool, context: int | L
     except (KVConfigError, ModelError) as exc:
         return WhatIfRow(recipe.label, given, None, at, None, None, None, None,
                          f"the model cannot use it: {exc.message}")
-    proj = Projector(m, model, plan, parallel=parallel, batch_size=batch_size, extra_args=extra_args, env=env)
+    proj = Projector(m, model, plan, parallel=parallel, batch_size=batch_size, extra_args=extra_args, env=env,
+                     runner=runner)
     best = largest_context(m, model, plan, budget, n_ctx_train=train, projector=proj)
     if context == "auto" and best is not None:
         at = best
@@ -64,7 +65,7 @@ def _row(m: Manifest, model: Path, recipe: Recipe, given: bool, context: int | L
 
 def what_if(m: Manifest, model: Path, profile_recipe: Recipe | None, context: int | Literal["auto"], budget: Budget, *,
             n_ctx_train: int, parallel: int = 1, batch_size: int | None = None, extra_args: Sequence[str] = (),
-            env: Mapping[str, str] | None = None) -> list[WhatIfRow]:
+            env: Mapping[str, str] | None = None, runner: Runner | None = None) -> list[WhatIfRow]:
     """One row per type of :data:`WHAT_IF_TYPES` (K = V), then the given recipe (when it is not one of
     them). With ``context='auto'`` each row's figures are at its own largest fitting context (at the
     training context when nothing fits)."""
@@ -80,7 +81,7 @@ def what_if(m: Manifest, model: Path, profile_recipe: Recipe | None, context: in
             recipes.append((profile_recipe, True))
     for recipe, given in recipes:
         rows.append(_row(m, model, recipe, given, context, budget, n_ctx_train, parallel, batch_size, extra_args,
-                         env))
+                         env, runner))
     return rows
 
 
