@@ -112,7 +112,7 @@ def test_what_if_errors(home: Path, tmp_path: Path) -> None:
     no_ctx = bench_like(tmp_path / "no-ctx.gguf", n_ctx_train=None)
     with pytest.raises(ModelError, match=r"^the model has no llama.context_length: cannot pick a context "
                                          r"automatically$"):
-        whatif.n_ctx_train(read_metadata(no_ctx))
+        whatif.n_ctx_train_of(read_metadata(no_ctx))
 
 
 # --------------------------------------------------------------------------- CLI

@@ -41,10 +41,11 @@ def print_what_if(ui: UI, model: Path, recipe: Recipe | None, context: int | Lit
     """The what-if table for a model (``--model``) or a profile's model and recipe (``--profile``,
     wired by the caller): print it (or emit it as JSON) and return the report."""
     m = current_build(get_paths())
-    train = whatif_logic.n_ctx_train(read_metadata(model))
+    meta = read_metadata(model)
+    train = whatif_logic.n_ctx_train_of(meta)
     budget = fit_logic.machine_budget(current_probe(), backend=m.backend)
     rows = whatif_logic.what_if(m, model, recipe, context, budget, n_ctx_train=train, parallel=parallel,
-                                batch_size=batch_size, extra_args=extra_args, env=env)
+                                batch_size=batch_size, extra_args=extra_args, env=env, meta=meta)
     doc = whatif_logic.report(model, context, budget, rows, n_ctx_train=train, parallel=parallel, backend=m.backend)
     if json_out:
         ui.emit_json(doc)
@@ -62,7 +63,7 @@ def print_what_if(ui: UI, model: Path, recipe: Recipe | None, context: int | Lit
                       str(r.largest_context) if r.largest_context is not None else "nothing fits"])
     ui.table(f"what if: {model.name}, context {at} (trained {train}), {parallel} slot(s); "
              f"budget {fit_logic.human(budget.bytes)} = {budget.source}",
-             ["KV", "bits/value", "context", "KV bytes", "total", "largest context"], table,
+             ["KV", "bits/value", "context", "KV bytes", "total", "largest that fits (<= trained)"], table,
              ["bold" if r.given else ("dim" if r.skipped else "") for r in rows])
     return doc
 

@@ -9,10 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..build import gate
 from ..build.manifest import Manifest
 from ..errors import GateRefused, KVConfigError, ModelError, UsageError
-from ..kv.recipe import Recipe, parse_recipe
-from ..preflight import preflight
+from ..kv.layout import KVLayout, layout_from_metadata
+from ..kv.recipe import Recipe, RecipePlan, parse_recipe
+from ..models.gguf import ModelInfo, check_model_pairs, model_info_from_metadata, read_metadata
 from .fit import Budget, Projector, Runner, largest_context
 
 SCHEMA = "turboctl.whatif/1"
@@ -32,7 +34,7 @@ class WhatIfRow:
     skipped: str | None = None  # why the row has no figures (the gate, the model)
 
 
-def n_ctx_train(meta: Mapping[str, Any]) -> int:
+def n_ctx_train_of(meta: Mapping[str, Any]) -> int:
     """``{arch}.context_length`` of a model's metadata (ModelError when absent)."""
     arch = meta.get("general.architecture")
     value = meta.get(f"{arch}.context_length")
@@ -42,12 +44,23 @@ def n_ctx_train(meta: Mapping[str, Any]) -> int:
     return value
 
 
-def _row(m: Manifest, model: Path, recipe: Recipe, given: bool, context: int | Literal["auto"], budget: Budget,
-         train: int, parallel: int, batch_size: int | None, extra_args: Sequence[str],
-         env: Mapping[str, str] | None, runner: Runner | None) -> WhatIfRow:
+def _checked(m: Manifest, model: Path, info: ModelInfo, layout: KVLayout, recipe: Recipe) -> RecipePlan:
+    """The checks of :func:`turboctl.preflight.preflight`, in its order, on metadata read once for all
+    the rows (reading a large GGUF's metadata takes seconds)."""
+    plan = recipe.resolve(layout)
+    dims = gate.recipe_head_dims(plan, info)
+    gate.check_recipe_types(m, plan)
+    check_model_pairs(info, {pair: [i for layers in d.values() for i in layers] for pair, d in dims.items()})
+    gate.check_recipe_head_dims(m, plan, info, model=model.name)
+    return plan
+
+
+def _row(m: Manifest, model: Path, info: ModelInfo, layout: KVLayout, recipe: Recipe, given: bool,
+         context: int | Literal["auto"], budget: Budget, train: int, parallel: int, batch_size: int | None,
+         extra_args: Sequence[str], env: Mapping[str, str] | None, runner: Runner | None) -> WhatIfRow:
     at = train if context == "auto" else context
     try:
-        _info, [plan] = preflight(m, model, [recipe])
+        plan = _checked(m, model, info, layout, recipe)
     except GateRefused as exc:
         return WhatIfRow(recipe.label, given, None, at, None, None, None, None, f"refused by the gate: {exc.message}")
     except (KVConfigError, ModelError) as exc:
@@ -64,13 +77,20 @@ def _row(m: Manifest, model: Path, recipe: Recipe, given: bool, context: int | L
 
 
 def what_if(m: Manifest, model: Path, profile_recipe: Recipe | None, context: int | Literal["auto"], budget: Budget, *,
-            n_ctx_train: int, parallel: int = 1, batch_size: int | None = None, extra_args: Sequence[str] = (),
-            env: Mapping[str, str] | None = None, runner: Runner | None = None) -> list[WhatIfRow]:
+            n_ctx_train: int | None = None, parallel: int = 1, batch_size: int | None = None,
+            extra_args: Sequence[str] = (),
+            env: Mapping[str, str] | None = None, runner: Runner | None = None,
+            meta: dict[str, Any] | None = None) -> list[WhatIfRow]:
     """One row per type of :data:`WHAT_IF_TYPES` (K = V), then the given recipe (when it is not one of
     them). With ``context='auto'`` each row's figures are at its own largest fitting context (at the
-    training context when nothing fits)."""
+    training context when nothing fits). ``n_ctx_train``: the model's, unless given; ``meta``: the model's
+    metadata when the caller has read it already."""
     if context != "auto" and context <= 0:
         raise UsageError(f"--ctx {context}: the context must be a positive number of tokens, or auto")
+    meta = meta if meta is not None else read_metadata(model)
+    info = model_info_from_metadata(meta, model)
+    layout = layout_from_metadata(meta, info)
+    train = n_ctx_train if n_ctx_train is not None else n_ctx_train_of(meta)
     rows = []
     recipes = [(parse_recipe(t), False) for t in WHAT_IF_TYPES]
     if profile_recipe is not None:
@@ -80,8 +100,8 @@ def what_if(m: Manifest, model: Path, profile_recipe: Recipe | None, context: in
         else:
             recipes.append((profile_recipe, True))
     for recipe, given in recipes:
-        rows.append(_row(m, model, recipe, given, context, budget, n_ctx_train, parallel, batch_size, extra_args,
-                         env, runner))
+        rows.append(_row(m, model, info, layout, recipe, given, context, budget, train, parallel, batch_size,
+                         extra_args, env, runner))
     return rows
 
 
