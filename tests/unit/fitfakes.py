@@ -87,6 +87,11 @@ def fake_run(args: Sequence[str], env: Mapping[str, str] | None = None) -> tuple
     if (arg(args, "-ctk") or "").startswith("turbo5"):
         return 1, (FIT / "fit-params-bad-type.txt").read_text()
     model = arg(args, "-m")
+    if model and any(t in ("q8_0", "q4_0") for t in (arg(args, "-ctk"), arg(args, "-ctv"))):
+        from turboctl.kv.layout import read_layout
+
+        if any(la.head_dim_k % 32 for la in read_layout(Path(model))[1].owned()):
+            return 134, (FIT / "fit-params-h80-q8_0.txt").read_text()  # block size 32 does not divide it
     return 0, synth_output(int(arg(args, "-c") or 2048), arg(args, "-ctk") or "f16", arg(args, "-ctv") or "f16",
                            model=Path(model) if model else None, rules=arg(args, "--kv-layers"))
 

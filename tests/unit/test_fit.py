@@ -233,6 +233,13 @@ def test_failed_projection_names_the_error(build: Manifest, model: Path) -> None
         fit.project(build, model, plan, 2048, runner=replay((FIT / "fit-params-bad-type.txt").read_text(), rc=1))
 
 
+def test_failure_reason_is_the_first_logged_error() -> None:
+    why, details = fit.failure_reason((FIT / "fit-params-h80-q8_0.txt").read_text(), 134)
+    assert why == "llama_init_from_model: K cache type q8_0 with block size 32 does not divide n_embd_head_k=80"
+    assert details[-1] == "what():  failed to create llama_context from model"
+    assert fit.failure_reason("", 139) == ("exit code 139", [])
+
+
 def test_projector_caches_and_skips_server_only_args(build: Manifest, model: Path) -> None:
     plan = _plan(model, "f16", build)
     calls: list[list[str]] = []

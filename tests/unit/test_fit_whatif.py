@@ -102,6 +102,9 @@ def test_types_the_model_cannot_use_say_so(home: Path, tmp_path: Path) -> None:
     assert rows["f16"].skipped is None
     skipped = rows["turbo4"].skipped
     assert skipped is not None and skipped.startswith("the model cannot use it: ") and "80" in skipped
+    for t in ("q8_0", "q4_0"):  # llama.cpp's own refusal, from the recorded real run
+        assert rows[t].skipped == ("llama.cpp refuses it: llama_init_from_model: K cache type q8_0 with block size "
+                                   "32 does not divide n_embd_head_k=80")
 
 
 def test_what_if_errors(home: Path, tmp_path: Path) -> None:

@@ -247,6 +247,18 @@ def context_args(plan: RecipePlan, context: int, *, parallel: int = 1, batch_siz
 
 
 Runner = Callable[[Sequence[str], Mapping[str, str] | None], tuple[int, str]]
+_LOG_ERROR = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ )?E (.+)$")
+
+
+def failure_reason(output: str, rc: int) -> tuple[str, list[str]]:
+    """Why a llama.cpp program failed: its first error-level log line (``E ...``, e.g. ``K cache type
+    q8_0 with block size 32 does not divide n_embd_head_k=80``), else its last line naming an error;
+    and the lines naming errors (for the details)."""
+    lines = [ln.strip() for ln in output.splitlines() if re.search(r"error|failed|invalid", ln, re.IGNORECASE)]
+    logged = [m[1].strip() for ln in output.splitlines() if (m := _LOG_ERROR.match(ln.strip()))]
+    if logged:
+        return logged[0], [*logged, *lines][-10:]
+    return (lines[-1] if lines else f"exit code {rc}"), lines[-10:]
 
 
 def _run_binary(args: Sequence[str], env: Mapping[str, str] | None) -> tuple[int, str]:
@@ -288,10 +300,9 @@ class Projector:
         cmd = [str(self.binary), "-m", str(self.model), "--fit-print", "on", "-v", *args]
         rc, output = self.runner(cmd, self.env)
         if rc != 0:
-            lines = [ln for ln in output.splitlines() if re.search(r"error|failed|invalid", ln, re.IGNORECASE)]
-            why = lines[-1].strip() if lines else f"exit code {rc}"
+            why, lines = failure_reason(output, rc)
             raise CommandFailed(f"llama-fit-params could not project {self.model.name} at context {context} "
-                                f"with KV {self.plan.label}: {why}", details=lines[-10:],
+                                f"with KV {self.plan.label}: {why}", details=lines,
                                 hint="the arguments were: " + " ".join(args))
         proj = self._projection(context, output, args, skipped)
         self.cache[context] = proj

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from ..build import gate
 from ..build.manifest import Manifest
-from ..errors import GateRefused, KVConfigError, ModelError, UsageError
+from ..errors import CommandFailed, GateRefused, KVConfigError, ModelError, UsageError
 from ..kv.layout import KVLayout, layout_from_metadata
 from ..kv.recipe import Recipe, RecipePlan, parse_recipe
 from ..models.gguf import ModelInfo, check_model_pairs, model_info_from_metadata, read_metadata
@@ -68,10 +68,14 @@ def _row(m: Manifest, model: Path, info: ModelInfo, layout: KVLayout, recipe: Re
                          f"the model cannot use it: {exc.message}")
     proj = Projector(m, model, plan, parallel=parallel, batch_size=batch_size, extra_args=extra_args, env=env,
                      runner=runner)
-    best = largest_context(m, model, plan, budget, n_ctx_train=train, projector=proj)
-    if context == "auto" and best is not None:
-        at = best
-    p = proj(at)
+    try:
+        best = largest_context(m, model, plan, budget, n_ctx_train=train, projector=proj)
+        if context == "auto" and best is not None:
+            at = best
+        p = proj(at)
+    except CommandFailed as exc:  # llama.cpp's own refusal (e.g. a block size that does not divide the head dim)
+        why = exc.message.split(f"with KV {recipe.label}: ", 1)[-1]
+        return WhatIfRow(recipe.label, given, None, at, None, None, None, None, f"llama.cpp refuses it: {why}")
     return WhatIfRow(recipe.label, given, round(plan.bits_per_value, 4), at, p.kv, p.total, p.total <= budget.bytes,
                      best)
 
