@@ -1,10 +1,20 @@
-"""``turboctl doctor``: run the checks, print a table or JSON, exit non-zero on failure."""
+"""``turboctl doctor``: run the checks, print a table or JSON, exit non-zero on failure.
+``turboctl doctor --model M [--kv RECIPE] [--ctx N|auto]``: the memory what-if table instead."""
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import typer
 
 from .. import doctor as doctor_logic
-from ..errors import DoctorFailed
+from ..errors import DoctorFailed, UsageError
+from ..kv.recipe import Recipe, parse_recipe
+from ..models.gguf import read_metadata
 from ..paths import get_paths
+from ..preflight import current_build
+from ..serve import fit as fit_logic
+from ..serve import whatif as whatif_logic
+from ..ui import UI
 from .common import JsonOpt, handle_errors, start
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
@@ -15,10 +25,73 @@ def current_probe() -> doctor_logic.Probe:
     return doctor_logic.Probe.current()
 
 
+def parse_context(text: str) -> int | Literal["auto"]:
+    """``--ctx``: a positive number of tokens or ``auto``."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    if not value.isdigit() or int(value) <= 0:
+        raise UsageError(f"--ctx {text!r}: expected a positive number of tokens or auto")
+    return int(value)
+
+
+def print_what_if(ui: UI, model: Path, recipe: Recipe | None, context: int | Literal["auto"], *,
+                  parallel: int = 1, batch_size: int | None = None, extra_args: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None, json_out: bool = False) -> dict[str, Any]:
+    """The what-if table for a model (``--model``) or a profile's model and recipe (``--profile``,
+    wired by the caller): print it (or emit it as JSON) and return the report."""
+    m = current_build(get_paths())
+    meta = read_metadata(model)
+    train = whatif_logic.n_ctx_train_of(meta)
+    budget = fit_logic.machine_budget(current_probe(), backend=m.backend)
+    rows = whatif_logic.what_if(m, model, recipe, context, budget, n_ctx_train=train, parallel=parallel,
+                                batch_size=batch_size, extra_args=extra_args, env=env, meta=meta)
+    doc = whatif_logic.report(model, context, budget, rows, n_ctx_train=train, parallel=parallel, backend=m.backend)
+    if json_out:
+        ui.emit_json(doc)
+        return doc
+    at = "largest that fits" if context == "auto" else f"at {context}"
+    table = []
+    for r in rows:
+        name = r.recipe + (" (given)" if r.given else "")
+        if r.skipped:
+            table.append([name, "-", "-", "-", "-", r.skipped])
+            continue
+        assert r.kv_bytes is not None and r.total_bytes is not None
+        table.append([name, f"{r.bits_per_value:.2f}", f"{r.context}", fit_logic.human(r.kv_bytes),
+                      fit_logic.human(r.total_bytes) + ("" if r.fits else " (over)"),
+                      str(r.largest_context) if r.largest_context is not None else "nothing fits"])
+    ui.table(f"what if: {model.name}, context {at} (trained {train}), {parallel} slot(s); "
+             f"budget {fit_logic.human(budget.bytes)} = {budget.source}",
+             ["KV", "bits/value", "context", "KV bytes", "total", "largest that fits (<= trained)"], table,
+             ["bold" if r.given else ("dim" if r.skipped else "") for r in rows])
+    return doc
+
+
 @handle_errors
-def doctor(json_out: JsonOpt = False) -> None:
-    """Check the OS, Metal / unified memory, toolchain, disk and the current build."""
+def doctor(
+    json_out: JsonOpt = False,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="A GGUF model: print the memory what-if table (KV types x largest context) "
+                        "instead of the checks.")] = None,
+    kv: Annotated[str | None, typer.Option(
+        "--kv", help="With --model: a KV recipe to add to the table (e.g. turbo4/turbo3;0..1+-2..-1=q8_0).")] = None,
+    ctx: Annotated[str, typer.Option("--ctx", help="With --model: the context of the KV column (N or auto).")] = "auto",
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=256, help="With --model: server slots.")] = 1,
+) -> None:
+    """Check the OS, Metal / unified memory, toolchain, disk and the current build; with --model,
+    what fits this machine."""
     ui = start(json_out)
+    if model is None:
+        if kv is not None or ctx != "auto" or parallel != 1:
+            raise UsageError("--kv, --ctx and --parallel need --model (the what-if table)")
+        _checks(ui, json_out)
+        return
+    print_what_if(ui, model, parse_recipe(kv) if kv else None, parse_context(ctx), parallel=parallel,
+                  json_out=json_out)
+
+
+def _checks(ui: UI, json_out: bool) -> None:
     checks = doctor_logic.run_checks(current_probe(), get_paths())
     if json_out:
         ui.emit_json(doctor_logic.report(checks))
