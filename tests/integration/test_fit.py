@@ -78,7 +78,7 @@ def test_projection_matches_server(llama_build: manifest.Manifest, tiny: dict[st
         assert proj.kv == k + v  # exactly the recipe's arithmetic
     assert (proj.state > 0) == (which == "qwen35")
 
-    args = ["-m", str(model), "-t", "2", "-lv", "4", *fit.context_args(plan, context, parallel=parallel)]
+    args = ["-m", str(model), "-t", "2", "-lv", "4", *fit.context_args(plan.recipe, context, parallel=parallel)]
     os.environ["LLAMA_ARG_REPACK"] = "0"
     try:
         with LlamaServer(str(llama_build.binary("llama-server")), args, tmp_path / "server.log") as srv:

@@ -18,6 +18,7 @@ from typing import Literal
 
 from ..errors import UsageError
 from ..kv.recipe import ENV_MODE, ENV_RULES, Recipe
+from .fit import context_args
 
 ENV_API_KEY = "LLAMA_API_KEY"
 """llama-server b11312 reads the API key from this variable when ``--api-key`` is not given."""
@@ -28,18 +29,6 @@ ENV_API_KEY = "LLAMA_API_KEY"
 SCRUBBED_ENV = (ENV_MODE, ENV_RULES, ENV_API_KEY, "LLAMA_ARG_API_KEY_FILE")
 
 REDACTED = "<hidden>"
-
-# llama-server flags for the generation defaults of a profile (``generation:``)
-GENERATION_FLAGS: dict[str, str] = {
-    "temperature": "--temp",
-    "top_p": "--top-p",
-    "top_k": "--top-k",
-    "min_p": "--min-p",
-    "repeat_penalty": "--repeat-penalty",
-    "seed": "--seed",
-    "max_tokens": "--n-predict",
-}
-
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -54,7 +43,7 @@ class ServeSettings:
     parallel: int = 1
     batch_size: int | None = None
     alias: str | None = None
-    generation: Mapping[str, float | int] = field(default_factory=dict)
+    generation_args: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
     api_key: str | None = field(default=None, repr=False)
@@ -88,28 +77,21 @@ def is_loopback(host: str) -> bool:
 
 
 def server_argv(binary: Path, s: ServeSettings) -> list[str]:
-    """The exact llama-server command line (without the API key)."""
-    args = [
-        str(binary),
-        "--model", str(s.model),
-        "--ctx-size", str(s.context),
-        "--parallel", str(s.parallel),
-        # one KV pool shared by the slots: a single request may use the whole context, and
-        # the cache is exactly the projected size whatever the slot count
-        "--kv-unified",
-        "--host", s.host,
-        "--port", str(s.port),
-        *s.recipe.llama_args(),
-    ]
-    if s.batch_size is not None:
-        args += ["--batch-size", str(s.batch_size)]
+    """The exact llama-server command line (without the API key). The context-shaping part is
+    :func:`turboctl.serve.fit.context_args`, the very arguments the memory projection used."""
+    args = [str(binary), "--model", str(s.model),
+            *context_args(s.recipe, s.context, parallel=s.parallel, batch_size=s.batch_size),
+            "--host", s.host, "--port", str(s.port)]
+    given = set(s.extra_args)
+    if not given & {"--fit", "-fit"}:
+        # llama-server would otherwise re-fit unset arguments (e.g. -ngl) behind the projection
+        args += ["--fit", "off"]
+    if not given & {"--cache-ram", "-cram"}:
+        # the prompt cache grows at run time (8 GiB by default) outside the projection
+        args += ["--cache-ram", "0"]
     if s.alias:
         args += ["--alias", s.alias]
-    for key, flag in GENERATION_FLAGS.items():
-        if key in s.generation:
-            value = s.generation[key]
-            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    args += list(s.extra_args)
+    args += [*s.generation_args, *s.extra_args]
     return args
 
 

@@ -43,7 +43,7 @@ from typing import Literal
 from .. import doctor, preflight, proc
 from ..build.manifest import Manifest
 from ..errors import CommandFailed, DoesNotFit, VerificationError
-from ..kv.recipe import RecipePlan
+from ..kv.recipe import Recipe, RecipePlan
 from ..llamalog import compare_plan, kv_contexts
 
 MIB = 1024**2
@@ -234,13 +234,13 @@ def memory_args(extra: Sequence[str], flags: Mapping[str, bool]) -> tuple[list[s
     return kept, skipped
 
 
-def context_args(plan: RecipePlan, context: int, *, parallel: int = 1, batch_size: int | None = None) -> list[str]:
+def context_args(recipe: Recipe, context: int, *, parallel: int = 1, batch_size: int | None = None) -> list[str]:
     """The context-shaping arguments serve gives llama-server, and the projection llama-fit-params:
     ``-c N -np P [--kv-unified] -fa on -ctk K -ctv V [--kv-adaptive M] [--kv-layers R] [-b B]``."""
     args = ["-c", str(context), "-np", str(parallel)]
     if parallel > 1:
         args.append("--kv-unified")
-    args += plan.recipe.llama_args()
+    args += recipe.llama_args()
     if batch_size is not None:
         args += ["-b", str(batch_size)]
     return args
@@ -296,7 +296,7 @@ class Projector:
         if context in self.cache:
             return self.cache[context]
         kept, skipped = self._split_extra()
-        args = [*context_args(self.plan, context, parallel=self.parallel, batch_size=self.batch_size), *kept]
+        args = [*context_args(self.plan.recipe, context, parallel=self.parallel, batch_size=self.batch_size), *kept]
         cmd = [str(self.binary), "-m", str(self.model), "--fit-print", "on", "-v", *args]
         rc, output = self.runner(cmd, self.env)
         if rc != 0:

@@ -13,13 +13,14 @@ from .. import preflight, proc
 from ..errors import ModelError, ProfileError, UsageError
 from ..kv.recipe import parse_recipe
 from ..models import fetch
-from ..models.gguf import inspect_model
+from ..models.gguf import inspect_model, read_metadata
 from ..paths import Paths
 from ..ui import UI
 from . import fit as fit_mod
 from . import launch
 from .command import ServeSettings
 from .profile import Profile, validate_extra_args
+from .whatif import n_ctx_train_of
 
 DEFAULT_KV = "turbo4"
 """The recipe of ``serve --model`` without ``--kv``: uniform turbo4 is the recommended default
@@ -116,10 +117,11 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     if m is not None and model is not None:
         info, plans = preflight.preflight(m, model, [recipe])
         plan = plans[0]
-        budget = fit_mod.machine_budget()
-        budget_text = budget.source
-        proj = fit_mod.fit(m, model, plan, wanted, budget, parallel=parallel,
-                           batch_size=server.batch_size if server else None, extra_args=extra)
+        budget = fit_mod.machine_budget(backend=m.backend)
+        budget_text = f"{fit_mod.human(budget.bytes)} ({budget.source})"
+        proj = fit_mod.fit(m, model, plan, wanted, budget, n_ctx_train=n_ctx_train_of(read_metadata(model)),
+                           parallel=parallel, batch_size=server.batch_size if server else None, extra_args=extra,
+                           env=dict(prof.environment) if prof else None)
         context = proj.context
         context_source = "auto: the largest that fits" if wanted == "auto" else "requested"
         projection = {"weights": proj.weights, "kv": proj.kv, "compute": proj.compute, "total": proj.total,
@@ -138,7 +140,7 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         model=model or Path("<model not downloaded yet>"), recipe=recipe, context=context, host=host, port=port,
         parallel=parallel, batch_size=server.batch_size if server else None,
         alias=(prof.model.name or prof.name) if prof else None,
-        generation=prof.generation.model_dump(exclude_none=True) if prof else {},
+        generation_args=tuple(prof.generation.llama_args()) if prof else (),
         extra_args=extra, environment=dict(prof.environment) if prof else {}, api_key=key)
     if prof is not None:
         notes.extend(prof.notes)
