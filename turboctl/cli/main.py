@@ -9,6 +9,7 @@ from . import bench as bench_cmd
 from . import build as build_cmd
 from . import doctor as doctor_cmd
 from . import kv as kv_cmd
+from . import profiles as profiles_cmd
 from . import selftest as selftest_cmd
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ app.command("doctor")(doctor_cmd.doctor)
 app.command("selftest")(selftest_cmd.selftest)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(kv_cmd.app, name="kv")
+app.add_typer(profiles_cmd.app, name="profiles")
 
 
 def run() -> None:
