@@ -9,6 +9,7 @@ from . import bench as bench_cmd
 from . import build as build_cmd
 from . import doctor as doctor_cmd
 from . import kv as kv_cmd
+from . import profiles as profiles_cmd
 from . import selftest as selftest_cmd
 from . import serve as serve_cmd
 from . import service as service_cmd
@@ -16,8 +17,9 @@ from . import service as service_cmd
 app = typer.Typer(
     name="turboctl",
     help="Build the pinned llama.cpp with the TurboQuant KV-cache patch series, check the "
-         "machine, self-test the backend and benchmark KV cache configurations. Set TURBOCTL_HOME "
-         "to move all data; TURBOCTL_DEBUG=1 shows tracebacks.",
+         "machine, self-test the backend, serve models with turbo KV (profiles, memory fit, a "
+         "verified launch) and benchmark KV cache configurations. Set TURBOCTL_HOME to move all "
+         "data; TURBOCTL_DEBUG=1 shows tracebacks.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -47,6 +49,7 @@ app.command("selftest")(selftest_cmd.selftest)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(kv_cmd.app, name="kv")
+app.add_typer(profiles_cmd.app, name="profiles")
 app.add_typer(service_cmd.app, name="service")
 
 

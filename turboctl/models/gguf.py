@@ -21,6 +21,7 @@ starts; the patched llama.cpp refuses the same, but only after loading the model
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -95,33 +96,118 @@ def _value(field: Any) -> Any:
     return field.parts[-1].tolist()[0]
 
 
+# GGUF value types (gguf.GGUFValueType): fixed sizes; 8 = string, 9 = array
+_FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+MAX_KV = 1 << 16
+MAX_TENSORS = 1 << 20
+MAX_ARRAY = 1 << 22
+
+
+def check_header(path: Path) -> None:
+    """Walk the GGUF header and key/value section with every count and length checked against the
+    file's size (ModelError, one line). The gguf reader trusts them: a garbled count there made it
+    loop for minutes on a 400-byte file."""
+    size = path.stat().st_size
+
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{path}: not a readable GGUF model ({what})",
+                          hint="pass a .gguf model file as llama.cpp uses it")
+
+    with path.open("rb") as fh:
+        head = fh.read(24)
+        if len(head) < 24:
+            raise bad(f"truncated header: {len(head)} bytes")
+        if head[:4] != b"GGUF":
+            raise bad("no GGUF magic at the start")
+        order = "<" if struct.unpack("<I", head[4:8])[0] & 0xFFFF else ">"
+        n_tensors, n_kv = struct.unpack(order + "QQ", head[8:24])
+        if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
+            raise bad(f"header counts {n_tensors} tensors and {n_kv} key/value pairs")
+        pos = 24
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            if n > size - pos:
+                raise bad(f"a length of {n} bytes at offset {pos} runs past the end of the file ({size} bytes)")
+            data = fh.read(n)
+            pos += n
+            return data
+
+        def u32() -> int:
+            return int(struct.unpack(order + "I", take(4))[0])
+
+        def u64() -> int:
+            return int(struct.unpack(order + "Q", take(8))[0])
+
+        def value(kind: int, depth: int) -> None:
+            if kind in _FIXED_SIZES:
+                take(_FIXED_SIZES[kind])
+            elif kind == _STRING:
+                take(u64())
+            elif kind == _ARRAY and depth == 0:
+                item, count = u32(), u64()
+                if count > MAX_ARRAY:
+                    raise bad(f"an array of {count} entries at offset {pos - 12}")
+                if item in _FIXED_SIZES:
+                    take(count * _FIXED_SIZES[item])
+                else:
+                    for _ in range(count):
+                        value(item, depth + 1)
+            else:
+                raise bad(f"unknown value type {kind} at offset {pos - 4}")
+
+        for _ in range(n_kv):
+            take(u64())  # the key
+            value(u32(), 0)
+        if n_tensors * 24 > size - pos:
+            raise bad(f"{n_tensors} tensors cannot fit in the {size - pos} bytes after the metadata")
+
+
 def read_metadata(path: Path, *, skip_prefixes: Sequence[str] = ("tokenizer.",)) -> dict[str, Any]:
     """All key/value metadata of a GGUF file (the large tokenizer arrays left out)."""
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    check_header(path)
     try:
         import gguf
 
         reader = gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # gguf raises ValueError, struct errors, OSError, ...
-        raise ModelError(f"{path}: not a readable GGUF model ({type(exc).__name__}: {exc})",
+        return {name: _value(f) for name, f in reader.fields.items()
+                if not name.startswith(tuple(skip_prefixes))}
+    except Exception as exc:  # gguf raises ValueError, struct errors, OSError, IndexError, ...
+        detail = " ".join(str(exc).split())[:200]
+        raise ModelError(f"{path}: not a readable GGUF model ({type(exc).__name__}: {detail})",
                          hint="pass a .gguf model file as llama.cpp uses it") from exc
-    return {name: _value(f) for name, f in reader.fields.items()
-            if not name.startswith(tuple(skip_prefixes))}
+
+
+MAX_LAYERS = 4096
+MAX_DIM = 1 << 20
+
+
+def _int(value: Any, key: str, path: Path, *, lo: int = 0, hi: int = MAX_DIM) -> int:
+    """A metadata integer, or ModelError (a garbled file can hold any type and any size here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{path}: {key} is not an integer ({type(value).__name__}): not a usable GGUF model")
+    if not lo <= value <= hi:
+        raise ModelError(f"{path}: {key} = {value} is out of range ({lo}..{hi}): not a usable GGUF model")
+    return value
 
 
 def _per_layer(value: Any, n_layer: int, key: str, path: Path) -> list[int]:
     if isinstance(value, list):
         if len(value) != n_layer:
             raise ModelError(f"{path}: {key} has {len(value)} entries for {n_layer} layers")
-        return [int(v) for v in value]
-    return [int(value)] * n_layer
+        return [_int(v, key, path) for v in value]
+    return [_int(value, key, path)] * n_layer
 
 
 def model_info_from_metadata(meta: dict[str, Any], path: Path) -> ModelInfo:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise ModelError(f"{path}: no general.architecture in the GGUF metadata")
+    if not arch.isprintable() or len(arch) > 64:
+        raise ModelError(f"{path}: general.architecture {arch[:64]!r} is not an architecture name")
 
     def key(name: str) -> str:
         return f"{arch}.{name}"
@@ -129,24 +215,24 @@ def model_info_from_metadata(meta: dict[str, Any], path: Path) -> ModelInfo:
     def get(name: str, default: Any = None) -> Any:
         return meta.get(key(name), default)
 
-    n_layer = int(get("block_count", 0))
-    if n_layer <= 0:
+    if get("block_count") is None:
         raise ModelError(f"{path}: {key('block_count')} is missing")
-    n_embd = int(get("embedding_length", 0))
+    n_layer = _int(get("block_count"), key("block_count"), path, lo=1, hi=MAX_LAYERS)
+    n_embd = _int(get("embedding_length", 0), key("embedding_length"), path)
     n_head_arr = _per_layer(get("attention.head_count", 0), n_layer, key("attention.head_count"), path)
     kv_raw = get("attention.head_count_kv")
     n_head_kv_arr = (n_head_arr if kv_raw is None
                      else _per_layer(kv_raw, n_layer, key("attention.head_count_kv"), path))
     n_head = n_head_arr[0]
     if n_head > 0:
-        k_full = int(get("attention.key_length", n_embd // n_head))
-        v_full = int(get("attention.value_length", n_embd // n_head))
+        k_full = _int(get("attention.key_length", n_embd // n_head), key("attention.key_length"), path)
+        v_full = _int(get("attention.value_length", n_embd // n_head), key("attention.value_length"), path)
     else:
         k_full = v_full = 0
     k_swa_raw = get("attention.key_length_swa")
     v_swa_raw = get("attention.value_length_swa")
-    k_swa = int(k_swa_raw) if k_swa_raw is not None else k_full
-    v_swa = int(v_swa_raw) if v_swa_raw is not None else v_full
+    k_swa = _int(k_swa_raw, key("attention.key_length_swa"), path) if k_swa_raw is not None else k_full
+    v_swa = _int(v_swa_raw, key("attention.value_length_swa"), path) if v_swa_raw is not None else v_full
     has_swa_dims = (k_swa, v_swa) != (k_full, v_full)
     pattern = get("attention.sliding_window_pattern")
     swa_flags: list[bool | None]
@@ -166,6 +252,8 @@ def model_info_from_metadata(meta: dict[str, Any], path: Path) -> ModelInfo:
             index=il, n_head_kv=n_head_kv_arr[il],
             head_dim_k=k_swa if swa else k_full, head_dim_v=v_swa if swa else v_full, swa=swa))
     lora = get("attention.kv_lora_rank")
+    if lora is not None:
+        lora = _int(lora, key("attention.kv_lora_rank"), path)
     mla = lora is not None or get("attention.key_length_mla") is not None or arch in MLA_ARCHITECTURES
     name = meta.get("general.name")
     return ModelInfo(
