@@ -14,8 +14,8 @@ import pytest
 from turboctl.build import manifest
 
 from .conftest import slow_home
-from .server import free_port
 from .serveproc import Serve
+from .server import free_port
 
 pytestmark = pytest.mark.slow
 

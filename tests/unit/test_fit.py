@@ -157,9 +157,10 @@ def _plan(model: Path, recipe: str, m: Manifest) -> RecipePlan:
 
 def test_context_args_unify_the_kv_of_several_slots(build: Manifest, model: Path) -> None:
     plan = _plan(model, "turbo4/turbo3;0..1+-2..-1=q8_0", build)
-    assert fit.context_args(plan.recipe, 4096) == ["-c", "4096", "-np", "1", "-fa", "on", "-ctk", "turbo4", "-ctv", "turbo3",
-                                            "--kv-layers", "0..1+-2..-1=q8_0"]
-    assert fit.context_args(plan.recipe, 8192, parallel=4, batch_size=512)[:5] == ["-c", "8192", "-np", "4", "--kv-unified"]
+    assert fit.context_args(plan.recipe, 4096) == ["-c", "4096", "-np", "1", "-fa", "on", "-ctk", "turbo4",
+                                                   "-ctv", "turbo3", "--kv-layers", "0..1+-2..-1=q8_0"]
+    assert fit.context_args(plan.recipe, 8192, parallel=4, batch_size=512)[:5] == ["-c", "8192", "-np", "4",
+                                                                                   "--kv-unified"]
     assert fit.context_args(plan.recipe, 8192, parallel=4, batch_size=512)[-2:] == ["-b", "512"]
 
 

@@ -29,14 +29,19 @@ def settings(**kw: object) -> ServeSettings:
 
 def test_argv_has_the_plan_and_never_the_key() -> None:
     s = settings(api_key="sk-secret", parallel=4, batch_size=512, alias="demo",
-                 generation={"temperature": 0.7, "top_k": 40, "max_tokens": 256}, extra_args=("--metrics",))
+                 generation_args=("--temp", "0.7"), extra_args=("--metrics",))
     argv = command.server_argv(Path("/b/llama-server"), s)
-    assert argv[:11] == ["/b/llama-server", "--model", "/m/model.gguf", "--ctx-size", "8192", "--parallel", "4",
-                         "--kv-unified", "--host", "127.0.0.1", "--port"]
-    text = " ".join(argv)
-    assert "-fa on -ctk turbo4 -ctv turbo3 --kv-layers 0..1=q8_0" in text
-    assert "--batch-size 512 --alias demo --temp 0.7 --top-k 40 --n-predict 256 --metrics" in text
-    assert "sk-secret" not in text
+    assert argv == ["/b/llama-server", "--model", "/m/model.gguf", "-c", "8192", "-np", "4", "--kv-unified",
+                    "-fa", "on", "-ctk", "turbo4", "-ctv", "turbo3", "--kv-layers", "0..1=q8_0", "-b", "512",
+                    "--host", "127.0.0.1", "--port", "8080", "--fit", "off", "--cache-ram", "0", "--alias", "demo",
+                    "--temp", "0.7", "--metrics"]
+    assert "sk-secret" not in " ".join(argv)
+
+
+def test_profile_args_replace_our_fit_and_cache_defaults() -> None:
+    argv = command.server_argv(Path("/b/llama-server"), settings(extra_args=("-cram", "2048", "--fit", "on")))
+    assert argv.count("--fit") == 1 and argv.count("--cache-ram") == 0
+    assert argv[-4:] == ["-cram", "2048", "--fit", "on"]
 
 
 def test_env_scrubs_inherited_kv_and_key_variables_and_sets_ours() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from .. import preflight, proc
-from ..errors import ModelError, ProfileError, UsageError
+from ..errors import ModelError, UsageError
 from ..kv.recipe import parse_recipe
 from ..models import fetch
 from ..models.gguf import inspect_model, read_metadata
@@ -19,7 +19,7 @@ from ..ui import UI
 from . import fit as fit_mod
 from . import launch
 from .command import ServeSettings
-from .profile import Profile, validate_extra_args
+from .profile import Profile, check_profile_args
 from .whatif import n_ctx_train_of
 
 DEFAULT_KV = "turbo4"
@@ -101,14 +101,8 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     key = api_key(req)
     launch.check_security(host, key, insecure=req.insecure_no_api_key, ui=ui)
     binary = launch.server_binary(m) if m is not None else paths.build / "<not built yet>" / launch.SERVER
-    if m is not None and extra:
-        help_text = proc.capture([binary, "--help"]) or ""
-        try:
-            validate_extra_args(extra, help_text)
-        except ProfileError as exc:
-            if prof is not None and prof.origin is not None and not exc.message.startswith(str(prof.origin)):
-                raise ProfileError(f"{prof.origin}: {exc.message}", hint=exc.hint) from None
-            raise
+    if m is not None and prof is not None and extra:
+        check_profile_args(prof, proc.capture([binary, "--help"]) or "")
     wanted = req.context if req.context is not None else (prof.context if prof else "auto")
     plan = info = None
     budget_text: str | None = None
