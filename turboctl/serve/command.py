@@ -89,6 +89,9 @@ def server_argv(binary: Path, s: ServeSettings) -> list[str]:
     if not given & {"--cache-ram", "-cram"}:
         # the prompt cache grows at run time (8 GiB by default) outside the projection
         args += ["--cache-ram", "0"]
+    if not given & {"-lv", "--verbosity", "--log-verbosity", "-v", "--verbose", "--log-verbose"}:
+        # llama.cpp's own info lines (the per-layer KV types and bytes serve verifies) are level 4
+        args += ["-lv", "4"]
     if s.alias:
         args += ["--alias", s.alias]
     args += [*s.generation_args, *s.extra_args]

@@ -44,6 +44,7 @@ from ..errors import (
     ServerFailed,
     TurboctlError,
     UsageError,
+    VerificationError,
 )
 from ..kv.recipe import RecipePlan
 from ..models.gguf import ModelInfo
@@ -186,6 +187,8 @@ def make_serve_plan(settings: ServeSettings, binary: Path, *, plan: RecipePlan |
                     info: ModelInfo | None, context_source: str, budget: str | None = None,
                     projection: Mapping[str, int] | None = None, notes: tuple[str, ...] = ()) -> ServePlan:
     argv = command.server_argv(binary, settings)
+    if not settings.context:  # a dry run before the build or the model exist: auto is not resolved yet
+        argv = [("<auto>" if a == "0" and argv[i - 1] == "-c" else a) for i, a in enumerate(argv)]
     return ServePlan(settings=settings, argv=argv, env=command.server_env(settings),
                      shown=command.display(argv, command.env_overrides(settings)), plan=plan, info=info,
                      context_source=context_source, budget=budget, projection=projection, notes=notes)
@@ -259,6 +262,20 @@ class RunningServer:
         return ServerFailed(message, hint=hint, log_path=self.log, details=proc.relevant_lines(lines))
 
 
+def verify_log(p: ServePlan, log_text: str) -> None:
+    """The server's own log against the plan: the K/V types of every layer, the layers that reuse
+    another's cache, the bytes of each cache row (:func:`turboctl.llamalog.compare_plan`), and the
+    total KV bytes against the projection the fit was made with. VerificationError otherwise."""
+    assert p.plan is not None
+    llamalog.compare_plan(p.plan, log_text)
+    want = p.projection.get("kv") if p.projection else None
+    have = llamalog.kv_contexts(log_text)[0].total_bytes
+    if want is not None and have is not None and have != want:
+        raise VerificationError(
+            f"llama-server made {have} bytes of KV cache, the plan projected {want} (the context is not the "
+            "one the fit was made for)", hint="report this with the serve log")
+
+
 def exit_hint(code: int) -> str:
     if code == -signal.SIGILL:
         return ("it died of SIGILL (an instruction this CPU does not have); on some x86 virtual machines "
@@ -291,7 +308,7 @@ def start(p: ServePlan, log: Path, ui: UI, *, ready_timeout: float = READY_TIMEO
                 spin.update(elapsed, "loading the model" if status == 503 else "")
                 time.sleep(poll)
         if p.plan is not None:
-            llamalog.compare_plan(p.plan, running.log_text(), context=s.context)
+            verify_log(p, running.log_text())
     except BaseException:
         child.stop()
         raise
