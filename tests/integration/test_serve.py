@@ -200,7 +200,7 @@ def test_dry_run_prints_the_exact_command(home: Path, tiny: Path, tmp_path: Path
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     assert "LLAMA_ARG_REPACK=0 " in line and "llama-server --model" in line
-    assert "-ctk turbo4 -ctv turbo3 --kv-layers '0..1+-2..-1=q8_0'" in line
+    assert "-ctk turbo4 -ctv turbo3 --kv-layers 0..1+-2..-1=q8_0" in line
     assert "-c 2048 -np 4 --kv-unified -fa on -ctk turbo4" in line and "--host 127.0.0.1 --port 18999" in line
 
 

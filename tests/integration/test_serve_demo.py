@@ -19,17 +19,14 @@ from .server import free_port
 
 pytestmark = pytest.mark.slow
 
-# (question, what a correct answer must contain); SmolLM2-135M answers these at temperature 0
-# with turbo4 K/V (checked against f16 when this list was written)
-QUESTIONS = [
-    ("What is the capital of France?", r"\bParis\b"),
-    ("What is the capital of Japan?", r"\bTokyo\b"),
-    ("What is 2 + 2?", r"\b4\b|\bfour\b"),
-    ("How many days are in a week?", r"\b7\b|\bseven\b"),
-    ("What is the opposite of hot?", r"\bcold\b"),
-    ("Which planet do we live on?", r"\bEarth\b"),
-    ("What is the largest ocean on Earth?", r"\bPacific\b"),
-    ("What language is spoken in Spain?", r"\bSpanish\b"),
+# Sequences to continue, and the item that must come next: correct answers a 135M model gives
+# at temperature 0 whatever the batch it is decoded in (free questions are not: under
+# concurrent decoding SmolLM2-135M answers "What is the capital of France?" wrongly even with
+# f16 K/V, and turbo3 gets two of these wrong, so the list does tell KV damage apart).
+SEQUENCES = [
+    ("1, 2, 3, 4, 5, 6,", "7"), ("10, 20, 30, 40,", "50"), ("Monday, Tuesday, Wednesday,", "Thursday"),
+    ("January, February, March,", "April"), ("A, B, C, D, E,", "F"), ("2, 4, 6, 8,", "10"),
+    ("one, two, three, four,", "five"), ("Sunday, Monday, Tuesday,", "Wednesday"),
 ]
 
 
@@ -42,18 +39,21 @@ def test_demo_profile_serves_correct_answers_concurrently(llama_build: manifest.
         assert s.doc["context"] == 8192  # auto: the model's training context fits any machine
         assert Path(s.doc["model"]).name.endswith(".gguf")
         c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="none", max_retries=0, timeout=120)
+        alias = s.doc["alias"]
+        assert alias in [m.id for m in c.models.list().data]  # clients pick the model by that name
 
-        def ask(q: str) -> tuple[str, str | None]:
-            r = c.chat.completions.create(model="smollm2-demo", messages=[{"role": "user", "content": q}],
-                                          max_tokens=48, temperature=0)
-            return r.choices[0].message.content or "", r.choices[0].finish_reason
+        chat = c.chat.completions.create(model=alias, messages=[{"role": "user", "content": "What is the capital "
+                                                                 "of France?"}], max_tokens=32, temperature=0)
+        assert re.search(r"\bParis\b", chat.choices[0].message.content or ""), chat
 
-        with cf.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(ask, [q for q, _ in QUESTIONS]))
-        for (q, pattern), (text, finish) in zip(QUESTIONS, answers, strict=True):
-            assert finish in ("stop", "length"), (q, text, finish)
-            assert re.search(pattern, text), (q, text)
-        models = c.models.list()
-        assert s.doc["alias"] in [m.id for m in models.data]  # clients pick the model by that name
+        def cont(prompt: str) -> tuple[str, str | None]:
+            r = c.completions.create(model=alias, prompt=prompt, max_tokens=6, temperature=0)
+            return r.choices[0].text, r.choices[0].finish_reason
+
+        with cf.ThreadPoolExecutor(8) as pool:  # 8 requests on 4 slots
+            answers = list(pool.map(cont, [p for p, _ in SEQUENCES]))
+        for (prompt, nxt), (text, finish) in zip(SEQUENCES, answers, strict=True):
+            assert finish in ("stop", "length"), (prompt, text, finish)
+            assert re.match(r"\s*(and\s+)?" + re.escape(nxt) + r"\b", text), (prompt, text)
         assert s.stop() == 0
         s.assert_no_orphan()
