@@ -217,6 +217,18 @@ def test_port_in_use(home: Path, tiny: Path, tmp_path: Path) -> None:
     assert f"error: 127.0.0.1:{port} is already in use" in r.stderr
 
 
+def test_does_not_fit_names_the_largest_context(home: Path, tiny: Path) -> None:
+    r = run_turboctl(home, "serve", "--model", str(tiny), "--kv", "f16", "--ctx", "4096", "--max-memory", "8M",
+                     "--no-build")
+    assert r.returncode == 20, r.stderr
+    assert "tiny-serve.gguf at context 4096 with KV f16 needs" in r.stderr
+    assert "over the budget of 8.0 MiB (--max-memory 8M" in r.stderr
+    assert "the largest context that fits is" in r.stderr or "nothing fits" in r.stderr
+    auto = run_turboctl(home, "serve", "--model", str(tiny), "--kv", "f16", "--max-memory", "1M", "--no-build")
+    assert auto.returncode == 20, auto.stderr
+    assert "does not fit at any context" in auto.stderr
+
+
 def test_model_missing(home: Path, tmp_path: Path) -> None:
     r = run_turboctl(home, "serve", "--model", str(tmp_path / "nope.gguf"), "--no-build")
     assert r.returncode == 14, r.stderr

@@ -15,7 +15,7 @@ import pytest
 from turboctl import proc
 from turboctl.errors import InsecureBind, PortInUse, ServerFailed, UsageError
 from turboctl.kv.recipe import parse_recipe
-from turboctl.serve import command, launch
+from turboctl.serve import command, fit, launch
 from turboctl.serve.command import ServeSettings
 from turboctl.ui import UI
 
@@ -196,3 +196,22 @@ def test_start_times_out_and_stops_the_child(tmp_path: Path) -> None:
 def test_sigill_hint_names_no_repack() -> None:
     assert "add --no-repack to the profile's server.args" in launch.exit_hint(-signal.SIGILL)
     assert launch.exit_hint(1) == "see the log for why"
+
+
+@pytest.mark.parametrize(("text", "value"), [("24G", 24 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 3 * 2**29),
+                                             ("1000", 1000), ("64k", 65536), ("2 gb", 2 * 2**30)])
+def test_parse_size(text: str, value: int) -> None:
+    assert fit.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "12X"])
+def test_parse_size_bad(text: str) -> None:
+    with pytest.raises(UsageError, match=r"--max-memory .*: expected a size such as 24G, 512M or 1.5GiB"):
+        fit.parse_size(text)
+
+
+def test_max_memory_only_lowers_the_budget() -> None:
+    machine = fit.Budget(8 * 2**30, "available RAM 9.00 GiB - margin 1.00 GiB")
+    assert fit.capped(machine, 16 * 2**30, "16G") is machine
+    low = fit.capped(machine, 2**30, "1G")
+    assert (low.bytes, low.kind, low.source) == (2**30, "max-memory", "--max-memory 1G (this machine allows 8.00 GiB)")

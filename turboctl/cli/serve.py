@@ -57,6 +57,11 @@ def serve(
         typer.Option("--insecure-no-api-key",
                      help="Allow listening beyond loopback WITHOUT an API key (a warning on every start)."),
     ] = False,
+    max_memory: Annotated[
+        str | None,
+        typer.Option("--max-memory", help="Use at most this much memory (e.g. 24G), below what the machine "
+                                          "allows; the fit and --ctx auto respect it.", show_default=False),
+    ] = None,
     no_build: Annotated[
         bool, typer.Option("--no-build", help="Refuse instead of building when no matching build exists.")
     ] = False,
@@ -79,7 +84,8 @@ def serve(
         profile=catalog.find_profile(profile) if profile is not None else None,
         model=model, kv=kv, context=parse_context(ctx) if ctx is not None else None, host=host, port=port,
         parallel=parallel, api_key_file=api_key_file, insecure_no_api_key=insecure_no_api_key,
-        no_build=no_build, offline=offline, dry_run=dry_run)
+        no_build=no_build, offline=offline, dry_run=dry_run,
+        max_memory=max_memory)
     p = prepare(req, paths, ui)
     for note in p.notes:
         ui.info(f"note: {note}")

@@ -42,10 +42,11 @@ from typing import Literal
 
 from .. import doctor, preflight, proc
 from ..build.manifest import Manifest
-from ..errors import CommandFailed, DoesNotFit, VerificationError
+from ..errors import CommandFailed, DoesNotFit, UsageError, VerificationError
 from ..kv.recipe import Recipe, RecipePlan
 from ..llamalog import compare_plan, kv_contexts
 
+KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
 CONTEXT_STEP = 1024
@@ -55,7 +56,7 @@ MARGIN_MAX = 2 * GIB
 MAC_SMALL_LIMIT = 36 * GIB  # up to this much unified memory the default share is 2/3, above 3/4
 FIT_TIMEOUT_S = 300
 
-BudgetKind = Literal["metal-wired-limit", "metal-default", "cuda-free", "ram-available"]
+BudgetKind = Literal["metal-wired-limit", "metal-default", "cuda-free", "ram-available", "max-memory"]
 
 
 def _gib(n: int) -> str:
@@ -133,6 +134,26 @@ def machine_budget(probe: doctor.Probe | None = None, *, backend: str = "cpu") -
     _total, available = p.memory()
     what = "available RAM" if backend != "cuda" else "available RAM (nvidia-smi unreadable)"
     return _with_margin(available, what, "ram-available")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str, option: str = "--max-memory") -> int:
+    """``24G``, ``512M``, ``1.5GiB``, ``1000000`` (bytes) → bytes (powers of 1024)."""
+    m = _SIZE.match(text)
+    if not m or float(m[1]) <= 0:
+        raise UsageError(f"{option} {text}: expected a size such as 24G, 512M or 1.5GiB")
+    scale = {"": 1, "k": KIB, "m": MIB, "g": GIB, "t": GIB * 1024}[m[2].lower()]
+    return int(float(m[1]) * scale)
+
+
+def capped(budget: Budget, limit: int, text: str) -> Budget:
+    """The budget, never above the user's ``--max-memory`` (no margin taken off a limit the user set)."""
+    if limit >= budget.bytes:
+        return budget
+    return Budget(limit, f"--max-memory {text.strip()} (this machine allows {_gib(budget.bytes)})", "max-memory",
+                  limit, 0)
 
 
 # --------------------------------------------------------------------------- the binary's projection

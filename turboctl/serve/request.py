@@ -41,6 +41,7 @@ class ServeRequest:
     no_build: bool = False
     offline: bool = False
     dry_run: bool = False
+    max_memory: str | None = None
 
 
 def api_key(req: ServeRequest, env: dict[str, str] | None = None) -> str | None:
@@ -86,6 +87,7 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
                          if req.profile is None else "--profile and --model cannot be combined",
                          hint="turboctl profiles list shows the profiles")
     prof = req.profile
+    limit = fit_mod.parse_size(req.max_memory) if req.max_memory is not None else None
     m = launch.ensure_build(paths, ui, no_build=req.no_build, dry_run=req.dry_run)
     model, notes = _model_path(req, paths, ui)
     recipe = parse_recipe(req.kv if req.kv is not None else (prof.kv.recipe_text() if prof else DEFAULT_KV))
@@ -112,6 +114,8 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         info, plans = preflight.preflight(m, model, [recipe])
         plan = plans[0]
         budget = fit_mod.machine_budget(backend=m.backend)
+        if limit is not None and req.max_memory is not None:
+            budget = fit_mod.capped(budget, limit, req.max_memory)
         budget_text = f"{fit_mod.human(budget.bytes)} ({budget.source})"
         proj = fit_mod.fit(m, model, plan, wanted, budget, n_ctx_train=n_ctx_train_of(read_metadata(model)),
                            parallel=parallel, batch_size=server.batch_size if server else None, extra_args=extra,
