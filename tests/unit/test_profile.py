@@ -152,7 +152,8 @@ def test_the_api_key_is_never_shown(tmp_path: Path) -> None:
     (BASE + "kv:\n  layers: '0..1=q4_K'\n",
      "5: kv.layers: rule 1 \"0..1=q4_K\" at column 6: 'q4_K' is not a KV cache type (accepted: f32 f16 bf16 q8_0 "
      "q4_0 q4_1 iq4_nl q5_0 q5_1 turbo2 turbo3 turbo4)"),
-    (BASE + "kv:\n  adaptive_mode: 3\n", "5: kv.adaptive_mode: unknown TURBO_LAYER_ADAPTIVE mode 3 (known: 0 1 2 5 6 7)"),
+    (BASE + "kv:\n  adaptive_mode: 3\n",
+     "5: kv.adaptive_mode: unknown TURBO_LAYER_ADAPTIVE mode 3 (known: 0 1 2 5 6 7)"),
     (BASE + "kv:\n  adaptive_mode: seven\n",
      "5: kv.adaptive_mode: expected a TURBO_LAYER_ADAPTIVE mode number (0 1 2 5 6 7), got 'seven'"),
     (BASE + "kv:\n  k: 4\n", "5: kv.k: expected a string, got 4"),
@@ -171,7 +172,8 @@ def test_the_api_key_is_never_shown(tmp_path: Path) -> None:
     (BASE + "server:\n  parallel: 257\n", "5: server.parallel: Input should be less than or equal to 256, got 257"),
     (BASE + "server:\n  batch_size: 0\n", "5: server.batch_size: Input should be greater than or equal to 1, got 0"),
     (BASE + "server:\n  host: 'bad host'\n", "5: server.host: expected an IP address or a host name, got 'bad host'"),
-    (BASE + "server:\n  api_key: s\n  api_key_env: K\n", "6: server.api_key_env: give api_key or api_key_env, not both"),
+    (BASE + "server:\n  api_key: s\n  api_key_env: K\n",
+     "6: server.api_key_env: give api_key or api_key_env, not both"),
     (BASE + "server:\n  api_key: [s]\n",
      "5: server.api_key: expected a string (the key itself; its value is not shown)"),
     (BASE + "server:\n  api_key: 'a,b'\n", "5: server.api_key: must be one non-empty line without ',' and at most 4096 "

@@ -71,7 +71,8 @@ def test_endpoint_without_port_and_turboquant_off(tmp_path: Path) -> None:
     assert (p.server.host, p.server.port) == ("localhost", 8080)
     assert p.kv.recipe_text() == "f16"
     assert p.notes == ("turboquant.enabled is false: K/V f16 (kv_type and layer_adaptive_mode ignored)",)
-    p = load_profile(write(tmp_path, HEAD + "      turboquant: {enabled: false}\n  environment: {TURBO_LAYER_ADAPTIVE: 2}\n"))
+    p = load_profile(write(tmp_path, HEAD + "      turboquant: {enabled: false}\n"
+                                             "  environment: {TURBO_LAYER_ADAPTIVE: 2}\n"))
     assert p.kv.recipe_text() == "f16" and p.environment == {}
     assert p.notes == ("turboquant.enabled is false: K/V f16", "TURBO_LAYER_ADAPTIVE=2 ignored: turboquant.enabled "
                                                                 "is false")
