@@ -173,3 +173,17 @@ def test_profiles_validate_command(tmp_path: Path) -> None:
 def test_every_shipped_profile_through_the_command() -> None:
     code, out, _ = invoke("profiles", "validate", *(str(SHIPPED_DIR / f"{n}.yaml") for n in SHIPPED))
     assert code == 0 and out.count("(shipped format)") == 3
+
+
+def test_validate_checks_extra_args_with_the_help_text(tmp_path: Path) -> None:
+    help_text = (DATA / "llama-server-help.txt").read_text()
+    path = tmp_path / "args.yaml"
+    path.write_text("name: p\nmodel: {path: m}\nserver:\n  args: [--no-repack, --thraeds, '2']\n")
+    assert catalog.server_help() is None  # nothing built in the test's TURBOCTL_HOME
+    (r,) = catalog.validate_files([path])
+    assert r.error is None and not r.args_checked
+    (r,) = catalog.validate_files([path], help_text)
+    assert r.error is not None and r.error.message == (
+        f"{path}:4: server.args[1]: unknown llama-server flag '--thraeds' (did you mean '--threads'?)")
+    code, out, _ = invoke("profiles", "validate", str(path))
+    assert code == 0 and "note: server.args not checked against llama-server --help: nothing built yet" in out

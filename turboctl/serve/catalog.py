@@ -28,7 +28,7 @@ from platformdirs import user_config_dir
 from .. import __version__
 from ..errors import ProfileError, ProfileNotFound, TurboctlError
 from ..ui import UI
-from .profile import MAX_FILE_BYTES, SHIPPED_DIR, Profile, load_profile
+from .profile import MAX_FILE_BYTES, SHIPPED_DIR, Profile, check_profile_args, load_profile
 
 CONFIG_ENV = "TURBOCTL_CONFIG"
 SCHEMA_LIST = "turboctl.profiles.list/1"
@@ -198,18 +198,41 @@ def render_list(entries: list[Entry], ui: UI) -> None:
         ui.info("no profiles found; searched: " + ", ".join(str(d.path) for d in search_path()))
 
 
+def server_help() -> str | None:
+    """``llama-server --help`` of the current build (to check extra arguments), or None when
+    nothing is built yet."""
+    from .. import proc
+    from ..build import manifest
+    from ..paths import get_paths
+
+    try:
+        m = manifest.load_current(get_paths())
+    except TurboctlError:
+        return None
+    if m is None or "llama-server" not in m.binaries or not m.binary("llama-server").is_file():
+        return None
+    result = proc.run([str(m.binary("llama-server")), "--help"], timeout=60, check=False, echo=False,
+                      what="llama-server --help")
+    return result.output if result.returncode == 0 else None
+
+
 @dataclass(frozen=True)
 class Checked:
     path: Path
     profile: Profile | None
     error: ProfileError | None
+    args_checked: bool = False
 
 
-def validate_files(paths: list[Path]) -> list[Checked]:
+def validate_files(paths: list[Path], help_text: str | None = None) -> list[Checked]:
+    """Load each file; with ``help_text`` (the binary's --help) also check its extra arguments."""
     out = []
     for path in paths:
         try:
-            out.append(Checked(path, load_profile(path), None))
+            profile = load_profile(path)
+            if help_text is not None:
+                check_profile_args(profile, help_text)
+            out.append(Checked(path, profile, None, help_text is not None))
         except ProfileError as exc:
             out.append(Checked(path, None, exc))
     return out
@@ -225,6 +248,7 @@ def validate_json(results: list[Checked]) -> dict[str, Any]:
              "name": r.profile.name if r.profile else None,
              "format": r.profile.format if r.profile else None,
              "notes": list(r.profile.notes) if r.profile else [],
+             "args_checked": r.args_checked,
              "error": r.error.message if r.error else None}
             for r in results
         ],
