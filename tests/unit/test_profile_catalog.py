@@ -132,17 +132,21 @@ def test_profiles_show_with_a_local_model(dirs: dict[str, Path]) -> None:
     llama(dirs["cwd_profiles"].parent / "tiny.gguf", n_layer=8)
     put(dirs["cwd_profiles"], "tiny.yaml", "name: tiny\nmodel: {path: ../tiny.gguf}\ncontext: 2048\n"
                                           "kv: {k: turbo4, v: turbo3, layers: '0..1+-2..-1=q8_0'}\n"
-                                          "server: {api_key: hidden-key, host: 0.0.0.0}\n")
+                                          "server: {api_key: hidden-key, host: 0.0.0.0}\n"
+                                          "environment: {HF_TOKEN: hidden-token, OMP_NUM_THREADS: 2}\n")
     code, out, _ = invoke("profiles", "show", "tiny")
     assert code == 0, out
     assert "0-1     own    q8_0    q8_0    rule 1   64/64          3" in out
     assert "2-5     own    turbo4  turbo3  default  64/64          3" in out
     assert "listen          0.0.0.0:8080, 1 slot, key api_key (set)" in out
-    assert "hidden-key" not in out
+    assert "environment     HF_TOKEN=(set, not shown) OMP_NUM_THREADS=2" in out
+    assert "hidden-key" not in out and "hidden-token" not in out
     code, out, _ = invoke("profiles", "show", "tiny", "--json")
     doc = json.loads(out)
     assert doc["layers"]["ctx"] == 2048 and doc["layers"]["pairs"] == ["q8_0/q8_0", "turbo4/turbo3"]
     assert doc["profile"]["server"]["api_key"] == "(set, not shown)" and "hidden-key" not in out
+    assert doc["profile"]["environment"] == {"HF_TOKEN": "(set, not shown)", "OMP_NUM_THREADS": "2"}
+    assert "hidden-token" not in out
 
 
 def test_profiles_show_unknown(dirs: dict[str, Path]) -> None:

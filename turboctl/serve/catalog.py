@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,9 +289,20 @@ def build_view(profile: Profile, model_file: Path | None = None) -> ProfileView:
         return ProfileView(profile, model_file, explain_error=exc.message)
 
 
+HIDDEN = "(set, not shown)"
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW", re.IGNORECASE)
+
+
+def shown_environment(profile: Profile) -> dict[str, str]:
+    """The profile's environment with the values of secret-looking names (…KEY, …TOKEN, …SECRET,
+    …PASSWORD) hidden."""
+    return {k: HIDDEN if SECRET_NAME.search(k) else v for k, v in profile.environment.items()}
+
+
 def profile_json(profile: Profile) -> dict[str, Any]:
     doc = profile.model_dump(mode="json", exclude={"server": {"api_key"}})
-    doc["server"]["api_key"] = "(set, not shown)" if profile.server.api_key is not None else None
+    doc["server"]["api_key"] = HIDDEN if profile.server.api_key is not None else None
+    doc["environment"] = shown_environment(profile)
     return doc
 
 
@@ -343,7 +355,7 @@ def render_view(view: ProfileView, ui: UI) -> None:
     if gen := p.generation.llama_args():
         rows.append(("generation", " ".join(gen)))
     if p.environment:
-        rows.append(("environment", " ".join(f"{k}={v}" for k, v in p.environment.items())))
+        rows.append(("environment", " ".join(f"{k}={v}" for k, v in shown_environment(p).items())))
     ui.kv(f"profile {p.name}", rows)
     for note in p.notes:
         ui.info(f"note: {note}")
