@@ -79,6 +79,8 @@ generation:
     p = load_profile(path)
     assert p.format == "turboctl" and p.origin == path and p.notes == ()
     assert p.model.path == (tmp_path / "models" / "m.gguf").absolute()  # relative to the profile file
+    up = load_profile(write(tmp_path, "name: p\nmodel: {path: ../up.gguf}\n", "up.yaml"))
+    assert up.model.path == tmp_path.parent / "up.gguf"  # normalized
     assert p.model.sha256 == SHA and p.model.kind == "path"
     assert p.kv.recipe_text() == "turbo4/turbo3;mode=7;0..1+-2..-1=q8_0"
     assert p.recipe().llama_args() == ["-fa", "on", "-ctk", "turbo4", "-ctv", "turbo3", "--kv-adaptive", "7",

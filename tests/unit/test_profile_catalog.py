@@ -68,6 +68,7 @@ def test_first_match_wins_and_shadowing(dirs: dict[str, Path]) -> None:
     assert catalog.find_profile("hermes-profile-gemma4-turboquant").format == "hermes"
     entries = {(e.name, e.kind): e for e in catalog.list_profiles()}
     assert entries[("smollm2-demo", "shipped")].shadowed_by == mine
+    assert entries[("smollm2-demo", "shipped")].shadowed_by_kind == "cwd"
     assert entries[("gemma4-turboquant", "shipped")].shadowed_by == Path(hermes)
     assert entries[("smollm2-demo", "cwd")].shadowed_by is None
 
@@ -139,6 +140,7 @@ def test_profiles_show_with_a_local_model(dirs: dict[str, Path]) -> None:
     assert "0-1     own    q8_0    q8_0    rule 1   64/64          3" in out
     assert "2-5     own    turbo4  turbo3  default  64/64          3" in out
     assert "listen          0.0.0.0:8080, 1 slot, key api_key (set)" in out
+    assert "beyond loopback" not in out
     assert "environment     HF_TOKEN=(set, not shown) OMP_NUM_THREADS=2" in out
     assert "hidden-key" not in out and "hidden-token" not in out
     code, out, _ = invoke("profiles", "show", "tiny", "--json")
@@ -147,6 +149,14 @@ def test_profiles_show_with_a_local_model(dirs: dict[str, Path]) -> None:
     assert doc["profile"]["server"]["api_key"] == "(set, not shown)" and "hidden-key" not in out
     assert doc["profile"]["environment"] == {"HF_TOKEN": "(set, not shown)", "OMP_NUM_THREADS": "2"}
     assert "hidden-token" not in out
+
+
+def test_profiles_show_warns_on_an_open_bind(dirs: dict[str, Path]) -> None:
+    shutil.copy(DATA / "hermes-profile-gemma4-turboquant.yaml", put(dirs["hermes"], "x", "").parent)
+    code, out, err = invoke("profiles", "show", "gemma4-turboquant")
+    assert code == 0 and "listen          0.0.0.0:8080, 1 slot, key none" in out
+    assert ("warning: the profile listens on 0.0.0.0 (beyond loopback) without an API key: serving it needs a key "
+            "(or the explicit opt-out)") in err
 
 
 def test_profiles_show_unknown(dirs: dict[str, Path]) -> None:

@@ -95,6 +95,7 @@ class Entry:
     profile: Profile | None
     error: str | None
     shadowed_by: Path | None = None
+    shadowed_by_kind: OriginKind | None = None
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -116,13 +117,13 @@ def list_profiles() -> list[Entry]:
     """Every profile file on the search path, in search order; a later file with a name already
     taken is marked with the file that shadows it; invalid files carry their one-line error."""
     out: list[Entry] = []
-    taken: dict[str, Path] = {}
+    taken: dict[str, Entry] = {}
     for entry in _entries():
         shadow = next((taken[a] for a in entry.aliases if a in taken), None)
         if shadow is not None:
-            entry = Entry(entry.name, entry.kind, entry.path, entry.profile, entry.error, shadow)
+            entry = Entry(entry.name, entry.kind, entry.path, entry.profile, entry.error, shadow.path, shadow.kind)
         for alias in entry.aliases:
-            taken.setdefault(alias, entry.path)
+            taken.setdefault(alias, entry)
         out.append(entry)
     return out
 
@@ -187,7 +188,7 @@ def render_list(entries: list[Entry], ui: UI) -> None:
     for e in entries:
         if e.profile is not None:
             p = e.profile
-            state = "ok" if e.shadowed_by is None else f"shadowed by {e.shadowed_by}"
+            state = "ok" if e.shadowed_by is None else f"shadowed ({e.shadowed_by_kind})"
             rows.append([e.name, e.kind, p.kv.recipe_text(), str(p.context), p.model.kind, state, str(e.path)])
         else:
             rows.append([e.name, e.kind, "-", "-", "-", "invalid", str(e.path)])
@@ -359,6 +360,9 @@ def render_view(view: ProfileView, ui: UI) -> None:
     ui.kv(f"profile {p.name}", rows)
     for note in p.notes:
         ui.info(f"note: {note}")
+    if not s.loopback and s.api_key is None and s.api_key_env is None:
+        ui.warn(f"the profile listens on {s.host} (beyond loopback) without an API key: serving it needs a key "
+                "(or the explicit opt-out)")
     if view.explanation is not None:
         render(view.explanation, ui)
     elif view.explain_error:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -778,7 +779,7 @@ def _resolve_path(profile: Profile, origin: Path) -> Profile:
     path = profile.model.path
     if path is None or path.is_absolute():
         return profile
-    model = profile.model.model_copy(update={"path": (origin.parent / path).absolute()})
+    model = profile.model.model_copy(update={"path": Path(os.path.normpath((origin.parent / path).absolute()))})
     out = profile.model_copy(update={"model": model})
     return out
 
