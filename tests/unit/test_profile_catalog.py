@@ -155,6 +155,8 @@ def test_profiles_show_warns_on_an_open_bind(dirs: dict[str, Path]) -> None:
     shutil.copy(DATA / "hermes-profile-gemma4-turboquant.yaml", put(dirs["hermes"], "x", "").parent)
     code, out, err = invoke("profiles", "show", "gemma4-turboquant")
     assert code == 0 and "listen          0.0.0.0:8080, 1 slot, key none" in out
+    model = dirs["home"] / "models" / "gemma-4-31B-it-Q4_K_M.gguf"
+    assert f"per-layer table: the model file {model} does not exist" in out
     assert ("warning: the profile listens on 0.0.0.0 (beyond loopback) without an API key: serving it needs a key "
             "(or the explicit opt-out)") in err
 

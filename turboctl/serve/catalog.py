@@ -367,6 +367,8 @@ def render_view(view: ProfileView, ui: UI) -> None:
         render(view.explanation, ui)
     elif view.explain_error:
         ui.warn(f"per-layer table: {view.explain_error}")
+    elif p.model.path is not None:
+        ui.info(f"per-layer table: the model file {p.model.path} does not exist")
     else:
         ui.info("per-layer table: the model is not a local file yet (it is resolved when the profile is served)")
     if view.fit is not None:
