@@ -149,3 +149,27 @@ def test_header_errors(tmp_path: Path, blob: bytes, message: str) -> None:
     path.write_bytes(blob)
     with pytest.raises(ModelError, match=message + r"\)$"):
         inspect_model(path)
+
+
+def test_layout_keys_of_the_wrong_type_are_model_errors(tmp_path: Path) -> None:
+    """kv explain / profiles show read more keys (turboctl.kv.layout): a string there is a
+    ModelError too, not a ValueError traceback."""
+    import gguf
+    import numpy as np
+
+    from turboctl.kv.layout import read_layout
+
+    path = tmp_path / "nextn.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_uint32("llama.block_count", 4)
+    w.add_uint32("llama.embedding_length", 256)
+    w.add_uint32("llama.attention.head_count", 4)
+    w.add_string("llama.nextn_predict_layers", "abc")
+    w.add_tensor("dummy.weight", np.zeros(4, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelError, match=r"llama.nextn_predict_layers is not an integer \(str\): not a usable GGUF "
+                                         r"model$"):
+        read_layout(path)

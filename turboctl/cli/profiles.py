@@ -7,6 +7,7 @@ import typer
 
 from ..errors import ProfileError
 from ..serve import catalog
+from ..serve.profile import check_profile_args
 from .common import JsonOpt, handle_errors, start
 
 app = typer.Typer(
@@ -39,7 +40,11 @@ def show(
     """Print the profile, its model source, its KV recipe and, when the model is a local file, the
     per-layer K/V table of the recipe on that model."""
     ui = start(json_out)
-    view = catalog.build_view(catalog.find_profile(name))
+    profile = catalog.find_profile(name)
+    help_text = catalog.server_help() if profile.server.args else None
+    if help_text is not None:
+        check_profile_args(profile, help_text)
+    view = catalog.build_view(profile)
     if json_out:
         ui.emit_json(catalog.view_json(view))
     else:
@@ -52,15 +57,18 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="Profile files to check.", show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
-    """Check profile files; each problem is one line FILE:LINE: message. Exit code 17 when one is
-    invalid."""
+    """Check profile files; each problem is one line FILE:LINE: message. The extra llama-server
+    arguments are checked against the current build's --help when there is one. Exit code 17 when
+    one is invalid."""
     ui = start(json_out)
-    results = catalog.validate_files(files)
+    results = catalog.validate_files(files, catalog.server_help())
     for r in results:
         if r.profile is not None:
             ui.ok(f"{r.path}: profile {r.profile.name} ({r.profile.format} format)")
             for note in r.profile.notes:
                 ui.info(f"  note: {note}")
+            if r.profile.server.args and not r.args_checked:
+                ui.info("  note: server.args not checked against llama-server --help: nothing built yet")
         elif r.error is not None:
             ui.error(r.error.message, hint=r.error.hint)
     if json_out:

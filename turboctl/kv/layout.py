@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ModelError
-from ..models.gguf import ModelInfo, model_info_from_metadata, read_metadata
+from ..models.gguf import ModelInfo, metadata_int, model_info_from_metadata, read_metadata
 from .rules import layer_ranges
 
 REUSE_ARCHITECTURES = ("gemma4",)
@@ -124,7 +124,7 @@ def _flags(value: Any, n: int, key: str, path: Path) -> list[bool] | None:
 def layout_from_metadata(meta: dict[str, Any], info: ModelInfo) -> KVLayout:
     arch = info.architecture
     path = info.path
-    nextn = int(meta.get(f"{arch}.nextn_predict_layers", 0) or 0)
+    nextn = metadata_int(meta.get(f"{arch}.nextn_predict_layers", 0) or 0, f"{arch}.nextn_predict_layers", path)
     n_layer = info.n_layer - nextn
     if n_layer <= 0:
         raise ModelError(f"{path}: {arch}.nextn_predict_layers is {nextn} of {info.n_layer} layers: no model layers")
@@ -135,7 +135,8 @@ def layout_from_metadata(meta: dict[str, Any], info: ModelInfo) -> KVLayout:
     if arch in REUSE_ARCHITECTURES:
         if not isinstance(meta.get(f"{arch}.attention.sliding_window_pattern"), list):
             raise ModelError(f"{path}: {arch} needs {arch}.attention.sliding_window_pattern")
-        shared = int(meta.get(f"{arch}.attention.shared_kv_layers", 0) or 0)
+        shared = metadata_int(meta.get(f"{arch}.attention.shared_kv_layers", 0) or 0,
+                              f"{arch}.attention.shared_kv_layers", path)
         n_kv = info.n_layer - shared
         if shared and n_kv < 2:
             raise ModelError(f"{path}: {arch}.attention.shared_kv_layers is {shared} of {info.n_layer} layers: "
@@ -147,7 +148,8 @@ def layout_from_metadata(meta: dict[str, Any], info: ModelInfo) -> KVLayout:
         key = f"{arch}.attention.recurrent_layers"
         recurrent = _flags(meta.get(key), info.n_layer, key, path)
         if recurrent is None:
-            interval = int(meta.get(f"{arch}.full_attention_interval", DEFAULT_FULL_ATTENTION_INTERVAL))
+            interval = metadata_int(meta.get(f"{arch}.full_attention_interval", DEFAULT_FULL_ATTENTION_INTERVAL),
+                                    f"{arch}.full_attention_interval", path)
             if interval <= 0:
                 raise ModelError(f"{path}: {arch}.full_attention_interval is {interval}")
             recurrent = [(il + 1) % interval != 0 for il in range(n_layer)]

@@ -185,7 +185,7 @@ MAX_LAYERS = 4096
 MAX_DIM = 1 << 20
 
 
-def _int(value: Any, key: str, path: Path, *, lo: int = 0, hi: int = MAX_DIM) -> int:
+def metadata_int(value: Any, key: str, path: Path, *, lo: int = 0, hi: int = MAX_DIM) -> int:
     """A metadata integer, or ModelError (a garbled file can hold any type and any size here)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ModelError(f"{path}: {key} is not an integer ({type(value).__name__}): not a usable GGUF model")
@@ -198,8 +198,8 @@ def _per_layer(value: Any, n_layer: int, key: str, path: Path) -> list[int]:
     if isinstance(value, list):
         if len(value) != n_layer:
             raise ModelError(f"{path}: {key} has {len(value)} entries for {n_layer} layers")
-        return [_int(v, key, path) for v in value]
-    return [_int(value, key, path)] * n_layer
+        return [metadata_int(v, key, path) for v in value]
+    return [metadata_int(value, key, path)] * n_layer
 
 
 def model_info_from_metadata(meta: dict[str, Any], path: Path) -> ModelInfo:
@@ -217,22 +217,22 @@ def model_info_from_metadata(meta: dict[str, Any], path: Path) -> ModelInfo:
 
     if get("block_count") is None:
         raise ModelError(f"{path}: {key('block_count')} is missing")
-    n_layer = _int(get("block_count"), key("block_count"), path, lo=1, hi=MAX_LAYERS)
-    n_embd = _int(get("embedding_length", 0), key("embedding_length"), path)
+    n_layer = metadata_int(get("block_count"), key("block_count"), path, lo=1, hi=MAX_LAYERS)
+    n_embd = metadata_int(get("embedding_length", 0), key("embedding_length"), path)
     n_head_arr = _per_layer(get("attention.head_count", 0), n_layer, key("attention.head_count"), path)
     kv_raw = get("attention.head_count_kv")
     n_head_kv_arr = (n_head_arr if kv_raw is None
                      else _per_layer(kv_raw, n_layer, key("attention.head_count_kv"), path))
     n_head = n_head_arr[0]
     if n_head > 0:
-        k_full = _int(get("attention.key_length", n_embd // n_head), key("attention.key_length"), path)
-        v_full = _int(get("attention.value_length", n_embd // n_head), key("attention.value_length"), path)
+        k_full = metadata_int(get("attention.key_length", n_embd // n_head), key("attention.key_length"), path)
+        v_full = metadata_int(get("attention.value_length", n_embd // n_head), key("attention.value_length"), path)
     else:
         k_full = v_full = 0
     k_swa_raw = get("attention.key_length_swa")
     v_swa_raw = get("attention.value_length_swa")
-    k_swa = _int(k_swa_raw, key("attention.key_length_swa"), path) if k_swa_raw is not None else k_full
-    v_swa = _int(v_swa_raw, key("attention.value_length_swa"), path) if v_swa_raw is not None else v_full
+    k_swa = metadata_int(k_swa_raw, key("attention.key_length_swa"), path) if k_swa_raw is not None else k_full
+    v_swa = metadata_int(v_swa_raw, key("attention.value_length_swa"), path) if v_swa_raw is not None else v_full
     has_swa_dims = (k_swa, v_swa) != (k_full, v_full)
     pattern = get("attention.sliding_window_pattern")
     swa_flags: list[bool | None]
@@ -253,7 +253,7 @@ def model_info_from_metadata(meta: dict[str, Any], path: Path) -> ModelInfo:
             head_dim_k=k_swa if swa else k_full, head_dim_v=v_swa if swa else v_full, swa=swa))
     lora = get("attention.kv_lora_rank")
     if lora is not None:
-        lora = _int(lora, key("attention.kv_lora_rank"), path)
+        lora = metadata_int(lora, key("attention.kv_lora_rank"), path)
     mla = lora is not None or get("attention.key_length_mla") is not None or arch in MLA_ARCHITECTURES
     name = meta.get("general.name")
     return ModelInfo(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from platformdirs import user_config_dir
 from .. import __version__
 from ..errors import ProfileError, ProfileNotFound, TurboctlError
 from ..ui import UI
-from .profile import MAX_FILE_BYTES, SHIPPED_DIR, Profile, load_profile
+from .profile import MAX_FILE_BYTES, SHIPPED_DIR, Profile, check_profile_args, load_profile
 
 CONFIG_ENV = "TURBOCTL_CONFIG"
 SCHEMA_LIST = "turboctl.profiles.list/1"
@@ -94,6 +95,7 @@ class Entry:
     profile: Profile | None
     error: str | None
     shadowed_by: Path | None = None
+    shadowed_by_kind: OriginKind | None = None
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -115,13 +117,13 @@ def list_profiles() -> list[Entry]:
     """Every profile file on the search path, in search order; a later file with a name already
     taken is marked with the file that shadows it; invalid files carry their one-line error."""
     out: list[Entry] = []
-    taken: dict[str, Path] = {}
+    taken: dict[str, Entry] = {}
     for entry in _entries():
         shadow = next((taken[a] for a in entry.aliases if a in taken), None)
         if shadow is not None:
-            entry = Entry(entry.name, entry.kind, entry.path, entry.profile, entry.error, shadow)
+            entry = Entry(entry.name, entry.kind, entry.path, entry.profile, entry.error, shadow.path, shadow.kind)
         for alias in entry.aliases:
-            taken.setdefault(alias, entry.path)
+            taken.setdefault(alias, entry)
         out.append(entry)
     return out
 
@@ -186,7 +188,7 @@ def render_list(entries: list[Entry], ui: UI) -> None:
     for e in entries:
         if e.profile is not None:
             p = e.profile
-            state = "ok" if e.shadowed_by is None else f"shadowed by {e.shadowed_by}"
+            state = "ok" if e.shadowed_by is None else f"shadowed ({e.shadowed_by_kind})"
             rows.append([e.name, e.kind, p.kv.recipe_text(), str(p.context), p.model.kind, state, str(e.path)])
         else:
             rows.append([e.name, e.kind, "-", "-", "-", "invalid", str(e.path)])
@@ -198,18 +200,41 @@ def render_list(entries: list[Entry], ui: UI) -> None:
         ui.info("no profiles found; searched: " + ", ".join(str(d.path) for d in search_path()))
 
 
+def server_help() -> str | None:
+    """``llama-server --help`` of the current build (to check extra arguments), or None when
+    nothing is built yet."""
+    from .. import proc
+    from ..build import manifest
+    from ..paths import get_paths
+
+    try:
+        m = manifest.load_current(get_paths())
+    except TurboctlError:
+        return None
+    if m is None or "llama-server" not in m.binaries or not m.binary("llama-server").is_file():
+        return None
+    result = proc.run([str(m.binary("llama-server")), "--help"], timeout=60, check=False, echo=False,
+                      what="llama-server --help")
+    return result.output if result.returncode == 0 else None
+
+
 @dataclass(frozen=True)
 class Checked:
     path: Path
     profile: Profile | None
     error: ProfileError | None
+    args_checked: bool = False
 
 
-def validate_files(paths: list[Path]) -> list[Checked]:
+def validate_files(paths: list[Path], help_text: str | None = None) -> list[Checked]:
+    """Load each file; with ``help_text`` (the binary's --help) also check its extra arguments."""
     out = []
     for path in paths:
         try:
-            out.append(Checked(path, load_profile(path), None))
+            profile = load_profile(path)
+            if help_text is not None:
+                check_profile_args(profile, help_text)
+            out.append(Checked(path, profile, None, help_text is not None))
         except ProfileError as exc:
             out.append(Checked(path, None, exc))
     return out
@@ -225,6 +250,7 @@ def validate_json(results: list[Checked]) -> dict[str, Any]:
              "name": r.profile.name if r.profile else None,
              "format": r.profile.format if r.profile else None,
              "notes": list(r.profile.notes) if r.profile else [],
+             "args_checked": r.args_checked,
              "error": r.error.message if r.error else None}
             for r in results
         ],
@@ -264,9 +290,20 @@ def build_view(profile: Profile, model_file: Path | None = None) -> ProfileView:
         return ProfileView(profile, model_file, explain_error=exc.message)
 
 
+HIDDEN = "(set, not shown)"
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW", re.IGNORECASE)
+
+
+def shown_environment(profile: Profile) -> dict[str, str]:
+    """The profile's environment with the values of secret-looking names (…KEY, …TOKEN, …SECRET,
+    …PASSWORD) hidden."""
+    return {k: HIDDEN if SECRET_NAME.search(k) else v for k, v in profile.environment.items()}
+
+
 def profile_json(profile: Profile) -> dict[str, Any]:
     doc = profile.model_dump(mode="json", exclude={"server": {"api_key"}})
-    doc["server"]["api_key"] = "(set, not shown)" if profile.server.api_key is not None else None
+    doc["server"]["api_key"] = HIDDEN if profile.server.api_key is not None else None
+    doc["environment"] = shown_environment(profile)
     return doc
 
 
@@ -319,14 +356,19 @@ def render_view(view: ProfileView, ui: UI) -> None:
     if gen := p.generation.llama_args():
         rows.append(("generation", " ".join(gen)))
     if p.environment:
-        rows.append(("environment", " ".join(f"{k}={v}" for k, v in p.environment.items())))
+        rows.append(("environment", " ".join(f"{k}={v}" for k, v in shown_environment(p).items())))
     ui.kv(f"profile {p.name}", rows)
     for note in p.notes:
         ui.info(f"note: {note}")
+    if not s.loopback and s.api_key is None and s.api_key_env is None:
+        ui.warn(f"the profile listens on {s.host} (beyond loopback) without an API key: serving it needs a key "
+                "(or the explicit opt-out)")
     if view.explanation is not None:
         render(view.explanation, ui)
     elif view.explain_error:
         ui.warn(f"per-layer table: {view.explain_error}")
+    elif p.model.path is not None:
+        ui.info(f"per-layer table: the model file {p.model.path} does not exist")
     else:
         ui.info("per-layer table: the model is not a local file yet (it is resolved when the profile is served)")
     if view.fit is not None:

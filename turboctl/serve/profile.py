@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -504,8 +505,8 @@ class Profile(_Model):
             raise _fail(f"has {len(value)} variables; at most {MAX_ITEMS}")
         for key, item in value.items():
             if not isinstance(key, str) or not ENV_NAME_RE.match(key):
-                raise _fail(f"{short(key)} is not an environment variable name", (key,) if isinstance(key, str)
-                            else None)
+                raise _fail("is not an environment variable name (letters, digits and '_', not starting with a "
+                            "digit)", (key,) if isinstance(key, str) else None)
             if key in MANAGED_ENV:
                 raise _fail(f"is set by turboctl: set it as {MANAGED_ENV[key]}", (key,))
             if not isinstance(item, str):
@@ -546,7 +547,8 @@ class Document:
             if entry is None:
                 continue
             key_node, value_node = entry
-            node = key_node if (key or n < len(path)) and key_node is not None else value_node
+            container = isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode))
+            node = key_node if (key or container or n < len(path)) and key_node is not None else value_node
             return int(node.start_mark.line) + 1
         return 1
 
@@ -565,7 +567,7 @@ class Document:
 
 
 class _Builder:
-    def __init__(self, name: str, loader: yaml.SafeLoader) -> None:
+    def __init__(self, name: str, loader: Any) -> None:
         self.name = name
         self.loader = loader
         self.nodes: dict[Path_, tuple[yaml.Node | None, yaml.Node]] = {}
@@ -616,6 +618,11 @@ def _mark_line(exc: yaml.YAMLError, text: str) -> int:
     return 1
 
 
+# libyaml's loader when PyYAML has it (several times faster), else the pure-Python one; both give
+# the same node tree with positions
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_document(raw: bytes, name: str) -> Document:
     """Bytes → :class:`Document` (ProfileError, one line, for anything that is not plain YAML)."""
     if len(raw) > MAX_FILE_BYTES:
@@ -626,15 +633,15 @@ def parse_document(raw: bytes, name: str) -> Document:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ProfileError(f"{name}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = str(getattr(exc, "problem", None) or exc).split("\n")[0]
         raise ProfileError(one_line(f"{name}:{_mark_line(exc, text)}: invalid YAML: {problem}")) from None
     try:
         try:
             node = loader.get_single_node()
         except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc)
+            problem = str(getattr(exc, "problem", None) or exc).split("\n")[0]
             raise ProfileError(one_line(f"{name}:{_mark_line(exc, text)}: invalid YAML: {problem}")) from None
         except RecursionError:
             raise ProfileError(f"{name}:1: invalid YAML: nested too deeply") from None
@@ -707,7 +714,9 @@ def validate_data(data: Any, doc: Document, translate: Translate = _identity, *,
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        # an unknown key first: it often explains a missing one (a typo)
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc: Path_ = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
         if err["type"] == "profile" and "key" in err.get("ctx", {}):
             loc = (*loc, *err["ctx"]["key"])
@@ -770,7 +779,7 @@ def _resolve_path(profile: Profile, origin: Path) -> Profile:
     path = profile.model.path
     if path is None or path.is_absolute():
         return profile
-    model = profile.model.model_copy(update={"path": (origin.parent / path).absolute()})
+    model = profile.model.model_copy(update={"path": Path(os.path.normpath((origin.parent / path).absolute()))})
     out = profile.model_copy(update={"model": model})
     return out
 
@@ -835,6 +844,7 @@ class Flag:
 
 
 _FLAG_LINE = re.compile(r"^(-\S.*?)(?:\s{2,}|$)")
+_SEPARATOR = re.compile(r",\s+")
 
 
 def help_flags(help_text: str) -> dict[str, Flag]:
@@ -843,7 +853,7 @@ def help_flags(help_text: str) -> dict[str, Flag]:
     for line in help_text.splitlines():
         if line.startswith("-----"):
             continue
-        m = _FLAG_LINE.match(line)
+        m = _FLAG_LINE.match(_SEPARATOR.sub(", ", line))
         if not m:
             continue
         names: list[str] = []
