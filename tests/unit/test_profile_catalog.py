@@ -126,7 +126,11 @@ def test_profiles_show_command(dirs: dict[str, Path]) -> None:
     code, out, _ = invoke("profiles", "show", "smollm2-demo", "--json")
     doc = json.loads(out)
     assert doc["schema"] == "turboctl.profiles.show/1" and doc["layers"] is None
-    assert doc["model_source"]["kind"] == "url" and doc["fit"] is None and doc["command"] is None
+    assert doc["model_source"]["kind"] == "url"
+    # nothing built or downloaded here: the fit waits for both, the command shows where it would run
+    assert doc["fit"]["context"] == "auto (resolved once the model is here)"
+    assert "the model is not downloaded yet: serve would fetch and verify it first" in doc["fit"]["notes"]
+    assert doc["command"][0].endswith("/<not built yet>/llama-server") and "--no-repack" in doc["command"]
 
 
 def test_profiles_show_with_a_local_model(dirs: dict[str, Path]) -> None:

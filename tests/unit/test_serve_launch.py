@@ -33,8 +33,8 @@ def test_argv_has_the_plan_and_never_the_key() -> None:
     argv = command.server_argv(Path("/b/llama-server"), s)
     assert argv == ["/b/llama-server", "--model", "/m/model.gguf", "-c", "8192", "-np", "4", "--kv-unified",
                     "-fa", "on", "-ctk", "turbo4", "-ctv", "turbo3", "--kv-layers", "0..1=q8_0", "-b", "512",
-                    "--host", "127.0.0.1", "--port", "8080", "--fit", "off", "--cache-ram", "0", "-lv", "4", "--alias", "demo",
-                    "--temp", "0.7", "--metrics"]
+                    "--host", "127.0.0.1", "--port", "8080", "--fit", "off", "--cache-ram", "0", "-lv", "4",
+                    "--alias", "demo", "--temp", "0.7", "--metrics"]
     assert "sk-secret" not in " ".join(argv)
 
 

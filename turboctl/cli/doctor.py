@@ -7,13 +7,16 @@ from typing import Annotated, Any, Literal
 import typer
 
 from .. import doctor as doctor_logic
-from ..errors import DoctorFailed, UsageError
+from ..errors import DoctorFailed, ModelError, UsageError
 from ..kv.recipe import Recipe, parse_recipe
+from ..models import fetch
 from ..models.gguf import read_metadata
 from ..paths import get_paths
 from ..preflight import current_build
+from ..serve import catalog
 from ..serve import fit as fit_logic
 from ..serve import whatif as whatif_logic
+from ..serve.command import parse_context
 from ..ui import UI
 from .common import JsonOpt, handle_errors, start
 
@@ -23,16 +26,6 @@ _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 def current_probe() -> doctor_logic.Probe:
     """The machine probe (tests replace this to replay recorded macOS outputs)."""
     return doctor_logic.Probe.current()
-
-
-def parse_context(text: str) -> int | Literal["auto"]:
-    """``--ctx``: a positive number of tokens or ``auto``."""
-    value = text.strip().lower()
-    if value == "auto":
-        return "auto"
-    if not value.isdigit() or int(value) <= 0:
-        raise UsageError(f"--ctx {text!r}: expected a positive number of tokens or auto")
-    return int(value)
 
 
 def print_what_if(ui: UI, model: Path, recipe: Recipe | None, context: int | Literal["auto"], *,
@@ -78,13 +71,28 @@ def doctor(
         "--kv", help="With --model: a KV recipe to add to the table (e.g. turbo4/turbo3;0..1+-2..-1=q8_0).")] = None,
     ctx: Annotated[str, typer.Option("--ctx", help="With --model: the context of the KV column (N or auto).")] = "auto",
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=256, help="With --model: server slots.")] = 1,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="A serving profile: the what-if table for its model, recipe, context and slots "
+                          "(the model must be local or downloaded already).", show_default=False)] = None,
 ) -> None:
-    """Check the OS, Metal / unified memory, toolchain, disk and the current build; with --model,
-    what fits this machine."""
+    """Check the OS, Metal / unified memory, toolchain, disk and the current build; with --model
+    or --profile, what fits this machine."""
     ui = start(json_out)
+    if profile is not None:
+        if model is not None or kv is not None or ctx != "auto" or parallel != 1:
+            raise UsageError("--profile takes the model, --kv, --ctx and --parallel from the profile")
+        prof = catalog.find_profile(profile)
+        local = fetch.local_model(prof.model, get_paths())
+        if local is None:
+            raise ModelError(f"profile {prof.name}: the model ({prof.model.describe()}) is not here yet",
+                             hint=f"turboctl serve --profile {prof.name} fetches and verifies it first")
+        print_what_if(ui, local, prof.kv.recipe(), prof.context, parallel=prof.server.parallel,
+                      batch_size=prof.server.batch_size, extra_args=tuple(prof.server.args),
+                      env=dict(prof.environment), json_out=json_out)
+        return
     if model is None:
         if kv is not None or ctx != "auto" or parallel != 1:
-            raise UsageError("--kv, --ctx and --parallel need --model (the what-if table)")
+            raise UsageError("--kv, --ctx and --parallel need --model or --profile (the what-if table)")
         _checks(ui, json_out)
         return
     print_what_if(ui, model, parse_recipe(kv) if kv else None, parse_context(ctx), parallel=parallel,

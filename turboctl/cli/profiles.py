@@ -1,12 +1,15 @@
 """``turboctl profiles list|show|validate``: the serving profiles on the search path."""
 
+import dataclasses
+import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import ProfileError
-from ..serve import catalog
+from ..paths import get_paths
+from ..serve import catalog, request
 from ..serve.profile import check_profile_args
 from .common import JsonOpt, handle_errors, start
 
@@ -44,7 +47,10 @@ def show(
     help_text = catalog.server_help() if profile.server.args else None
     if help_text is not None:
         check_profile_args(profile, help_text)
-    view = catalog.build_view(profile)
+    plan = request.preview(profile, get_paths(), json_mode=ui.json_mode)
+    shown = profile.model_copy(update={"context": plan.settings.context}) if plan.settings.context else profile
+    view = catalog.build_view(shown, model_file=plan.settings.model if plan.settings.model.is_file() else None)
+    view = dataclasses.replace(view, profile=profile, fit=request.preview_fit(plan), command=shlex.split(plan.shown))
     if json_out:
         ui.emit_json(catalog.view_json(view))
     else:

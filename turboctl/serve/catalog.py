@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from platformdirs import user_config_dir
 from .. import __version__
 from ..errors import ProfileError, ProfileNotFound, TurboctlError
 from ..ui import UI
+from .command import SECRET_NAME
 from .profile import MAX_FILE_BYTES, SHIPPED_DIR, Profile, check_profile_args, load_profile
 
 CONFIG_ENV = "TURBOCTL_CONFIG"
@@ -291,7 +291,6 @@ def build_view(profile: Profile, model_file: Path | None = None) -> ProfileView:
 
 
 HIDDEN = "(set, not shown)"
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW", re.IGNORECASE)
 
 
 def shown_environment(profile: Profile) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ ENV_API_KEY = "LLAMA_API_KEY"
 SCRUBBED_ENV = (ENV_MODE, ENV_RULES, ENV_API_KEY, "LLAMA_ARG_API_KEY_FILE")
 
 REDACTED = "<hidden>"
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW", re.IGNORECASE)
+"""Environment variables whose values are never shown (dry run, logs, ``profiles show``)."""
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -111,7 +114,7 @@ def server_env(s: ServeSettings, base: Mapping[str, str] | None = None) -> dict[
 def env_overrides(s: ServeSettings) -> dict[str, str]:
     """The variables the server gets on top of turboctl's environment, the key redacted
     (what ``--dry-run`` and the log show)."""
-    shown = dict(s.environment)
+    shown = {k: REDACTED if SECRET_NAME.search(k) else v for k, v in s.environment.items()}
     if s.api_key:
         shown[ENV_API_KEY] = REDACTED
     return shown

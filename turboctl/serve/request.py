@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .. import preflight, proc
 from ..errors import ModelError, UsageError
@@ -144,3 +144,23 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         notes.extend(prof.notes)
     return launch.make_serve_plan(settings, binary, plan=plan, info=info, context_source=context_source,
                                   budget=budget_text, projection=projection, notes=tuple(notes))
+
+
+def preview(profile: Profile, paths: Paths, *, json_mode: bool = False) -> launch.ServePlan:
+    """What ``turboctl serve --profile`` would start (``profiles show``), without starting,
+    building or downloading anything; the bind check is left to serve (show warns about it)."""
+    return prepare(ServeRequest(profile=profile, dry_run=True, insecure_no_api_key=True), paths,
+                   UI(quiet=True, json_mode=json_mode))
+
+
+def preview_fit(plan: launch.ServePlan) -> dict[str, Any]:
+    """The fit part of ``profiles show``: the context, where it comes from, the projection and the budget."""
+    fit: dict[str, Any] = {"context": plan.settings.context or "auto (resolved once the model is here)",
+                           "context source": plan.context_source}
+    if plan.projection is not None:
+        fit.update({k: fit_mod.human(v) for k, v in plan.projection.items()})
+    if plan.budget is not None:
+        fit["budget"] = plan.budget
+    if plan.notes:
+        fit["notes"] = list(plan.notes)
+    return fit
