@@ -30,8 +30,14 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
     return runner
 
 
+DEMO_PROFILE = "name: demo\nmodel: {path: model.gguf}\nkv: {k: turbo4}\n"
+
+
 def use_host(monkeypatch: pytest.MonkeyPatch, host: svc.Host) -> svc.Host:
+    """The fake machine; its home holds ./profiles/demo.yaml, where the service will look."""
     monkeypatch.setattr(service_cli, "current_host", lambda: host)
+    (host.home / "profiles").mkdir(parents=True, exist_ok=True)
+    (host.home / "profiles" / "demo.yaml").write_text(DEMO_PROFILE)
     return host
 
 
@@ -179,3 +185,15 @@ def test_json_documents_match_the_schema(tmp_path: Path, monkeypatch: pytest.Mon
         jsonschema.validate({**docs[2], "pid": "77"}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**docs[0], "surprise": 1}, schema)
+
+
+def test_install_needs_a_profile_the_service_can_find(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      fake: FakeRunner) -> None:
+    host = use_host(monkeypatch, make_host(tmp_path, "Linux"))
+    elsewhere = tmp_path / "project"
+    (elsewhere / "profiles").mkdir(parents=True)
+    (elsewhere / "profiles" / "only-here.yaml").write_text(DEMO_PROFILE.replace("demo", "only-here"))
+    monkeypatch.chdir(elsewhere)  # found from here, but not from the service's working directory
+    code, _, err = invoke("service", "install", "--profile", "only-here", "--dry-run")
+    assert code == 18, err
+    assert "error: no profile 'only-here'" in err and str(host.home / "profiles") in err

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from ..paths import get_paths
+from ..serve import catalog
 from ..serve import service as svc
 from ..ui import UI
 from .common import JsonOpt, handle_errors, start
@@ -35,14 +36,10 @@ def current_runner() -> svc.Runner:
 
 
 def check_profile(name: str) -> None:
-    """Integration hook, called by ``install`` (dry run included) before anything is written: raise
-    ProfileNotFound when the catalog has no profile ``name``.
-
-    Not wired yet: the catalog is written in parallel, so for now only the name's charset is
-    checked (by the service module); the integrator makes this call the catalog's lookup. The
-    service runs in the user's home directory (WorkingDirectory), so the lookup should be the one
-    the service will make from there: a profile found only in ./profiles of the current directory
-    would not be found by the service."""
+    """Called by ``install`` (dry run included) before anything is written: the profile must exist
+    and be valid as the service will find it, from its working directory (the home directory):
+    a profile only in ./profiles of the current directory would not be found by the service."""
+    catalog.find_profile(name, cwd=current_host().home)
 
 
 def _show_steps(ui: UI, steps: list[svc.Step], title: str) -> None:

@@ -52,9 +52,9 @@ def config_dir() -> Path:
     return Path(env).expanduser() if env else Path(user_config_dir("turboctl"))
 
 
-def search_path() -> list[SearchDir]:
+def search_path(cwd: Path | None = None) -> list[SearchDir]:
     return [
-        SearchDir("cwd", Path.cwd() / "profiles"),
+        SearchDir("cwd", (cwd or Path.cwd()) / "profiles"),
         SearchDir("user", config_dir() / "profiles"),
         SearchDir("hermes", Path.home() / ".hermes" / "profiles"),
         SearchDir("shipped", SHIPPED_DIR),
@@ -132,17 +132,17 @@ def is_path(name_or_path: str) -> bool:
     return "/" in name_or_path or os.sep in name_or_path or name_or_path.endswith(SUFFIXES)
 
 
-def find_profile(name_or_path: str) -> Profile:
-    """The profile of that name (first match on the search path) or that file.
-    ProfileNotFound names the closest names and the directories searched; a matching file that
-    is invalid raises its ProfileError."""
+def find_profile(name_or_path: str, *, cwd: Path | None = None) -> Profile:
+    """The profile of that name (first match on the search path, ``./profiles`` taken in ``cwd``)
+    or that file. ProfileNotFound names the closest names and the directories searched; a
+    matching file that is invalid raises its ProfileError."""
     if is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise ProfileNotFound(f"profile file not found: {path}")
         return load_profile(path)
     names: list[str] = []
-    dirs = search_path()
+    dirs = search_path(cwd)
     for d in dirs:
         for path in _files(d):
             if path.stem == name_or_path:
