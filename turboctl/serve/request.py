@@ -88,8 +88,8 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
                          hint="turboctl profiles list shows the profiles")
     prof = req.profile
     limit = fit_mod.parse_size(req.max_memory) if req.max_memory is not None else None
+    model, notes = _model_path(req, paths, ui)  # a missing model is refused before any build
     m = launch.ensure_build(paths, ui, no_build=req.no_build, dry_run=req.dry_run)
-    model, notes = _model_path(req, paths, ui)
     recipe = parse_recipe(req.kv if req.kv is not None else (prof.kv.recipe_text() if prof else DEFAULT_KV))
     server = prof.server if prof else None
     host = req.host or (server.host if server else "127.0.0.1")
