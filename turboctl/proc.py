@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -225,6 +226,18 @@ def capture(args: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
     return res.output
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG), so a killed turboctl leaves no server behind. Elsewhere nothing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Background:
     """A long-running child (llama-server) in its own process group, its stdout and stderr
     appended to a log file. :meth:`stop` ends the whole group: SIGTERM, then SIGKILL after
@@ -243,7 +256,7 @@ class Background:
             self._child = subprocess.Popen(
                 self.args, cwd=cwd, env=dict(env) if env is not None else None,
                 stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         except BaseException:
             self._logf.close()
             raise

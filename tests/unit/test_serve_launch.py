@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -215,3 +216,24 @@ def test_max_memory_only_lowers_the_budget() -> None:
     assert fit.capped(machine, 16 * 2**30, "16G") is machine
     low = fit.capped(machine, 2**30, "1G")
     assert (low.bytes, low.kind, low.source) == (2**30, "max-memory", "--max-memory 1G (this machine allows 8.00 GiB)")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
+def test_background_child_dies_with_a_sigkilled_parent(tmp_path: Path) -> None:
+    log, pidfile = tmp_path / "bg.log", tmp_path / "pid"
+    script = ("import sys, time; from pathlib import Path; from turboctl import proc\n"
+              f"c = proc.Background({SLEEPER!r}, log=Path({str(log)!r}))\n"
+              f"Path({str(pidfile)!r}).write_text(str(c.pid)); time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        _wait_for(log, "up")
+        child = int(pidfile.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the server outlived a SIGKILLed turboctl"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
