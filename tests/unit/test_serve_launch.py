@@ -237,3 +237,53 @@ def test_background_child_dies_with_a_sigkilled_parent(tmp_path: Path) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+# answers /health; takes a second to stop on SIGTERM (so signals can arrive during the stop)
+HEALTH_SERVER = (
+    "import http.server, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(0)))\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
+
+
+def _serve_forever_script(tmp_path: Path, port: int) -> str:
+    return (
+        "import sys\nfrom pathlib import Path\n"
+        "from turboctl.kv.recipe import parse_recipe\n"
+        "from turboctl.serve import launch\nfrom turboctl.serve.command import ServeSettings\n"
+        "from turboctl.ui import UI\n"
+        f"s = ServeSettings(model=Path('m'), recipe=parse_recipe('f16'), context=1, port={port})\n"
+        f"p = launch.ServePlan(settings=s, argv=[sys.executable, '-c', {HEALTH_SERVER!r}, '{port}'], env={{}},"
+        " shown='x', plan=None, info=None, context_source='requested')\n"
+        "def announce(r):\n    print('READY', r.child.pid, flush=True)\n"
+        f"sys.exit(launch.serve_forever(p, Path({str(tmp_path / 's.log')!r}), UI(), announce, ready_timeout=30))\n")
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT, signal.SIGTERM]],
+                         ids=["sigterm", "ctrl-c-twice"])
+def test_serve_forever_stops_cleanly_on_signals(tmp_path: Path, signals: list[int]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc_ = subprocess.Popen([sys.executable, "-c", _serve_forever_script(tmp_path, port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc_.stdout is not None
+        line = proc_.stdout.readline()
+        assert line.startswith("READY"), proc_.stderr.read() if proc_.stderr else ""
+        server = int(line.split()[1])
+        for sig in signals:  # the second and third arrive while the server is being stopped
+            proc_.send_signal(sig)
+            time.sleep(0.2)
+        assert proc_.wait(timeout=30) == 0
+        out = (proc_.stdout.read() or "") + (proc_.stderr.read() if proc_.stderr else "")
+        assert "stopping llama-server" in out and "llama-server stopped (exit code" in out
+        assert "interrupted" not in out
+        assert not psutil.pid_exists(server) or psutil.Process(server).status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc_.poll() is None:
+            proc_.kill()

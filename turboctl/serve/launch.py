@@ -234,10 +234,15 @@ class Stopped(Exception):
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Stopped` in the main thread while the server runs."""
+    """SIGINT and SIGTERM raise :class:`Stopped` in the main thread while the server runs; only
+    the first one does (a second Ctrl-C while the server is being stopped does not interrupt
+    the stop: it ends with SIGKILL after the grace time anyway)."""
+    seen: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Stopped(signum)
+        if not seen:
+            seen.append(signum)
+            raise Stopped(signum)
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -320,8 +325,9 @@ def serve_forever(p: ServePlan, log: Path, ui: UI, announce: Callable[[RunningSe
     """Start (see :func:`start`), announce, then block until the server exits by itself (an
     error) or SIGINT / SIGTERM arrives (the server is stopped, then 0). A signal during the
     start stops the server as well (exit code 130)."""
-    try:
-        with stop_signals():
+    running: RunningServer | None = None
+    with stop_signals():  # kept until the server is stopped
+        try:
             running = start(p, log, ui, ready_timeout=ready_timeout)
             announce(running)
             while True:
@@ -329,14 +335,14 @@ def serve_forever(p: ServePlan, log: Path, ui: UI, announce: Callable[[RunningSe
                 if code is not None:
                     running.child.stop()
                     raise running.failure(f"llama-server stopped unexpectedly (exit code {code})")
-    except Stopped as sig:
-        if "running" not in locals():
-            ui.info(f"{sig}: llama-server stopped before it was ready")
-            return EXIT_INTERRUPTED
-        ui.info(f"{sig}: stopping llama-server (pid {running.child.pid})")
-        code = running.child.stop()
-        ui.ok(f"llama-server stopped (exit code {code})")
-        return 0
+        except Stopped as sig:
+            if running is None:
+                ui.info(f"{sig}: llama-server stopped before it was ready")
+                return EXIT_INTERRUPTED
+            ui.info(f"{sig}: stopping llama-server (pid {running.child.pid})")
+            code = running.child.stop()
+            ui.ok(f"llama-server stopped (exit code {code})")
+            return 0
 
 
 def ready_document(running: RunningServer) -> dict[str, Any]:
