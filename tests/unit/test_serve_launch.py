@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from tests.fetchserver import loopback  # noqa: F401  (fixture)
 from turboctl import proc
-from turboctl.errors import InsecureBind, PortInUse, ServerFailed, UsageError
+from turboctl.errors import InsecureBind, PortInUse, ServerFailed, UsageError, VerificationError
 from turboctl.kv.recipe import parse_recipe
 from turboctl.serve import command, fit, launch
 from turboctl.serve.command import ServeSettings
@@ -287,3 +289,71 @@ def test_serve_forever_stops_cleanly_on_signals(tmp_path: Path, signals: list[in
     finally:
         if proc_.poll() is None:
             proc_.kill()
+
+
+# ---------------------------------------------------------------- the log check and a dying server
+
+def _smol_plan() -> Any:
+    import tempfile
+
+    from tests.unit import kvmodels
+    from turboctl.kv.layout import read_layout
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, layout = read_layout(kvmodels.llama(Path(tmp) / "m.gguf"))
+    return parse_recipe("turbo4/turbo3;0..1+-2..-1=q8_0").resolve(layout)
+
+
+def test_verify_log_checks_types_and_the_projected_kv_total() -> None:
+    from tests.unit.test_llamalog import K_BYTES, SMOL_LOG, V_BYTES
+
+    plan = _smol_plan()
+    s = settings(recipe=plan.recipe)
+    ok = launch.ServePlan(settings=s, argv=[], env={}, shown="", plan=plan, info=None, context_source="requested",
+                          projection={"kv": K_BYTES + V_BYTES})
+    launch.verify_log(ok, SMOL_LOG)
+    off = launch.ServePlan(settings=s, argv=[], env={}, shown="", plan=plan, info=None, context_source="requested",
+                           projection={"kv": K_BYTES + V_BYTES + 256})
+    with pytest.raises(VerificationError) as err:
+        launch.verify_log(off, SMOL_LOG)
+    assert err.value.message == (f"llama-server made {K_BYTES + V_BYTES} bytes of KV cache, the plan projected "
+                                 f"{K_BYTES + V_BYTES + 256} (the context is not the one the fit was made for)")
+    uniform = parse_recipe("turbo4/turbo3").resolve(plan.layout)
+    wrong = launch.ServePlan(settings=s, argv=[], env={}, shown="", plan=uniform, info=None,
+                             context_source="requested")
+    with pytest.raises(VerificationError, match=r"^the KV cache llama.cpp made differs from what was asked"):
+        launch.verify_log(wrong, SMOL_LOG)
+
+
+def _health_plan(port: int, script: str) -> launch.ServePlan:
+    s = settings(port=port)
+    return launch.ServePlan(settings=s, argv=[sys.executable, "-c", script, str(port)], env={}, shown="x",
+                            plan=None, info=None, context_source="requested")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.usefixtures("loopback")
+def test_a_log_mismatch_stops_the_server(tmp_path: Path) -> None:
+    port = _free_port()
+    p = _health_plan(port, HEALTH_SERVER)
+    p = launch.ServePlan(**{**p.__dict__, "plan": _smol_plan()})
+    with pytest.raises(VerificationError, match=r"has no 'llama_kv_cache: KV layers:' line"):
+        launch.start(p, tmp_path / "s.log", UI(quiet=True), ready_timeout=30, poll=0.05)
+    with pytest.raises(ConnectionRefusedError):  # stopped before the error was raised: nothing listens
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@pytest.mark.usefixtures("loopback")
+def test_a_server_that_dies_after_start_is_an_error(tmp_path: Path) -> None:
+    port = _free_port()
+    dies = HEALTH_SERVER.replace("serve_forever()", "handle_request(); sys.exit(5)")
+    p = _health_plan(port, dies)
+    with pytest.raises(ServerFailed) as err:
+        launch.serve_forever(p, tmp_path / "s.log", UI(quiet=True), lambda r: None, ready_timeout=30)
+    assert err.value.message == "llama-server stopped unexpectedly (exit code 5)"
+    assert err.value.exit_code == 22
