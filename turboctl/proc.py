@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import CommandFailed, ToolMissing, TurboctlError
 from .ui import get_ui
@@ -98,8 +98,8 @@ def _spawn(args: list[str], cwd: Path | None, env: Mapping[str, str] | None,
     )
 
 
-def _stop(child: subprocess.Popen[str]) -> None:
-    """Terminate the child's process group, then kill it if it does not go."""
+def _stop(child: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Terminate the child's process group, then kill it if it does not go within ``grace`` s."""
     if child.poll() is not None:
         return
     try:
@@ -107,7 +107,7 @@ def _stop(child: subprocess.Popen[str]) -> None:
     except (ProcessLookupError, PermissionError):
         child.terminate()
     try:
-        child.wait(timeout=5)
+        child.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         try:
             os.killpg(child.pid, signal.SIGKILL)
@@ -279,18 +279,7 @@ class Background:
         """Stop the process group (SIGTERM, SIGKILL after ``grace`` s) and return the exit code."""
         child = self._child
         if child.poll() is None:
-            try:
-                os.killpg(child.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                child.terminate()
-            try:
-                child.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(child.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    child.kill()
-                child.wait()
+            _stop(child, grace)
         else:
             # the leader is gone; make sure no member of its group outlives it
             with contextlib.suppress(ProcessLookupError, PermissionError):
