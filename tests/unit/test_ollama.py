@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ollama
 import openai
@@ -335,3 +335,73 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ToolUpstream:
+    """A stand-in that answers with a tool call in the OpenAI shape llama-server uses (CONSTRUCTED,
+    not recorded: SmolLM2's template cannot call tools, so no recording exists yet). The
+    arguments arrive in pieces when streamed, as OpenAI-style servers send them."""
+
+    CALL: ClassVar[dict[str, Any]] = {"id": "c1", "type": "function",
+                                      "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        timings = {"cache_n": 0, "prompt_n": 50, "prompt_ms": 10.0, "predicted_n": 12, "predicted_ms": 20.0}
+        if not body.get("stream"):
+            return web.json_response({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": None, "tool_calls": [self.CALL]}}], "timings": timings})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        fn = self.CALL["function"]
+        deltas = [{"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                   "function": {"name": fn["name"], "arguments": ""}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}]
+        for d in deltas:
+            ev = {"choices": [{"index": 0, "finish_reason": None, "delta": d}]}
+            await resp.write(f"data: {json.dumps(ev)}\n\n".encode())
+        last = {"choices": [{"index": 0, "finish_reason": "tool_calls", "delta": {}}], "timings": timings}
+        await resp.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        await resp.write_eof()
+        return resp
+
+
+def test_tool_calls_in_ollamas_shape(tmp_path: Path) -> None:
+    state = ToolUpstream()
+    up = run_proxy(state.app(), "127.0.0.1", 0)
+    px = run_proxy(make_app(up.url, [served(tmp_path)]), "127.0.0.1", 0)
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    try:
+        c = client(px)
+        q = [{"role": "user", "content": "Weather in Paris?"}]
+        r = c.chat(model="smollm2", messages=q, tools=[tool], stream=False)
+        assert r.message.tool_calls is not None and len(r.message.tool_calls) == 1
+        assert r.message.tool_calls[0].function.name == "get_weather"
+        assert r.message.tool_calls[0].function.arguments == {"city": "Paris"}
+        assert r.done_reason == "stop" and state.bodies[-1]["tools"][0]["function"]["name"] == "get_weather"
+        parts = list(c.chat(model="smollm2", messages=q, tools=[tool], stream=True))
+        calls = [tc for p in parts for tc in (p.message.tool_calls or [])]
+        assert [(tc.function.name, tc.function.arguments) for tc in calls] == [("get_weather", {"city": "Paris"})]
+        assert parts[-1].done and parts[-1].eval_count == 12
+        # the call and its result go back in OpenAI's shape, the result tied to the call
+        c.chat(model="smollm2", stream=False, messages=[*q, {"role": "assistant", "content": "",
+               "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+               {"role": "tool", "content": "sunny", "tool_name": "get_weather"}])
+        sent = state.bodies[-1]["messages"]
+        assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+        assert sent[2] == {"role": "tool", "content": "sunny", "name": "get_weather",
+                           "tool_call_id": sent[1]["tool_calls"][0]["id"]}
+    finally:
+        px.stop()
+        up.stop()
