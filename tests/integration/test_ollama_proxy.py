@@ -1,0 +1,229 @@
+"""The Ollama proxy in front of a real llama-server (SmolLM2-135M-Instruct, turbo4 K/V, 2 slots),
+talked to by clients nobody here wrote: the official ``ollama`` Python library and the OpenAI
+client on the same port. Also the proxy's cost: added latency per request and tokens/s through
+it against llama-server directly (printed; run with ``-s`` to see the figures)."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+import requests
+
+from turboctl.build import manifest
+from turboctl.models import fetch
+from turboctl.paths import Paths
+from turboctl.serve.catalog import find_profile
+from turboctl.serve.ollama import ProxyHandle, make_app, run_proxy, served_model
+from turboctl.ui import UI
+
+from .conftest import slow_home
+from .server import LlamaServer
+
+pytestmark = pytest.mark.slow
+
+CONTEXT = 4096
+ALIAS = "smollm2"
+
+
+@dataclass
+class Stack:
+    server: LlamaServer
+    proxy: ProxyHandle
+
+
+def demo_model() -> Path:
+    """SmolLM2 the project's way: the smollm2-demo profile's source, fetched into the test home."""
+    profile = find_profile("smollm2-demo")
+    return fetch.resolve_model(profile.model, Paths(slow_home()), UI(quiet=True)).path
+
+
+@pytest.fixture(scope="module")
+def stack(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    model = demo_model()
+    log = tmp_path_factory.mktemp("ollama") / "llama-server.log"
+    args = ["-m", str(model), "-c", str(CONTEXT), "-np", "2", "--kv-unified", "-fa", "on", "-ctk", "turbo4",
+            "-ctv", "turbo4", "--no-repack", "--alias", ALIAS, "-t", "2"]
+    with LlamaServer(str(llama_build.binary("llama-server")), args, log) as srv:
+        sm = served_model(ALIAS, model, context=CONTEXT, kv="turbo4", size_bytes=model.stat().st_size)
+        px = run_proxy(make_app(srv.url, [sm]), "127.0.0.1", 0)
+        try:
+            yield Stack(srv, px)
+        finally:
+            px.stop()
+    srv.assert_clean_exit()
+
+
+def client(s: Stack) -> ollama.Client:
+    return ollama.Client(host=s.proxy.url, timeout=120)
+
+
+def test_list_show_ps(stack: Stack) -> None:
+    c = client(stack)
+    assert [m.model for m in c.list().models] == [ALIAS]
+    show = c.show(ALIAS)
+    assert show.modelinfo is not None and show.modelinfo["llama.context_length"] == CONTEXT
+    assert show.details is not None and show.details.parameter_size == "135M"
+    assert show.details.quantization_level == "Q4_1"
+    # b11312's /props: SmolLM2's template has no tool support, so no "tools" capability
+    assert show.capabilities == ["completion"]
+    ps = c.ps().models
+    assert [(m.model, m.context_length) for m in ps] == [(ALIAS, CONTEXT)]
+
+
+def test_chat_not_streamed_and_streamed(stack: Stack) -> None:
+    c = client(stack)
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    r = c.chat(model=ALIAS, messages=q, options={"temperature": 0, "num_predict": 32})
+    assert re.search(r"\bParis\b", r.message.content or ""), r
+    assert r.done and r.done_reason == "stop"
+    assert r.eval_count and r.eval_count > 0 and r.eval_duration and r.eval_duration > 0
+    assert r.prompt_eval_count and r.prompt_eval_count > 10
+    parts = list(c.chat(model=ALIAS, messages=q, stream=True, options={"temperature": 0, "num_predict": 32}))
+    assert len(parts) > 3 and parts[-1].done and not any(p.done for p in parts[:-1])
+    assert "".join(p.message.content or "" for p in parts) == r.message.content  # same tokens at temperature 0
+    assert parts[-1].eval_count == r.eval_count
+
+
+def test_generate_raw_and_templated(stack: Stack) -> None:
+    c = client(stack)
+    r = c.generate(model=ALIAS, prompt="1, 2, 3, 4, 5, 6,", raw=True, options={"temperature": 0, "num_predict": 4})
+    assert re.match(r"\s*7\b", r.response or ""), r
+    t = c.generate(model=ALIAS, prompt="What is the capital of France?", options={"temperature": 0,
+                   "num_predict": 32})
+    assert re.search(r"\bParis\b", t.response or ""), t
+    n = c.generate(model=ALIAS, prompt="Count: one, two, three", options={"num_predict": 3, "temperature": 0})
+    assert n.done_reason == "length" and n.eval_count == 3
+
+
+def test_json_formats(stack: Stack) -> None:
+    c = client(stack)
+    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}},
+              "required": ["capital"]}
+    r = c.chat(model=ALIAS, messages=[{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+               format=schema, options={"temperature": 0, "num_predict": 48})
+    doc = json.loads(r.message.content or "")
+    assert set(doc) == {"capital"} and isinstance(doc["capital"], str)
+    g = c.generate(model=ALIAS, prompt="Describe Paris in JSON.", format="json",
+                   options={"temperature": 0, "num_predict": 48})
+    text = (g.response or "").lstrip()
+    assert text.startswith("{"), g.response  # unconstrained, SmolLM2 starts with a ``` fence
+    if g.done_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+
+
+def test_tools_are_forwarded(stack: Stack) -> None:
+    # SmolLM2's template cannot call tools (no "tools" capability above); the request must still
+    # be answered, in Ollama's shape, not refused
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    r = client(stack).chat(model=ALIAS, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[tool],
+                           options={"temperature": 0, "num_predict": 16})
+    assert r.done and (r.message.content or r.message.tool_calls)
+
+
+def test_errors(stack: Stack) -> None:
+    c = client(stack)
+    with pytest.raises(ollama.ResponseError) as exc:
+        c.chat(model="llama3", messages=[{"role": "user", "content": "x"}])
+    assert exc.value.status_code == 404 and exc.value.error == "model 'llama3' not found"
+    with pytest.raises(ollama.ResponseError) as exc:
+        c.generate(model=ALIAS, prompt="x", options={"num_ctx": CONTEXT * 2})
+    assert exc.value.status_code == 400 and f"({CONTEXT} tokens)" in exc.value.error
+    with pytest.raises(ollama.ResponseError) as exc:
+        c.pull("llama3")
+    assert exc.value.status_code == 501
+
+
+def test_openai_client_on_the_proxy_port(stack: Stack) -> None:
+    o = openai.OpenAI(base_url=f"{stack.proxy.url}/v1", api_key="none", max_retries=0, timeout=120)
+    assert ALIAS in [m.id for m in o.models.list().data]
+    r = o.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "What is the capital of "
+                                  "France?"}], max_tokens=32, temperature=0)
+    assert re.search(r"\bParis\b", r.choices[0].message.content or ""), r
+    text = "".join(ch.choices[0].delta.content or "" for ch in o.chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=32,
+        temperature=0, stream=True) if ch.choices)
+    assert text == r.choices[0].message.content
+
+
+def slots_busy(s: Stack) -> list[bool]:
+    with urllib.request.urlopen(f"{s.server.url}/slots", timeout=10) as r:
+        return [bool(slot.get("is_processing")) for slot in json.load(r)]
+
+
+def test_client_gone_mid_stream_frees_the_slot(stack: Stack) -> None:
+    r = requests.post(f"{stack.proxy.url}/api/generate", json={"model": ALIAS, "prompt": "Write a long story.",
+                      "options": {"num_predict": 2000, "temperature": 0.8}}, stream=True, timeout=120)
+    lines = r.iter_lines()
+    for _ in range(3):
+        assert json.loads(next(lines))["done"] is False
+    assert any(slots_busy(stack))
+    r.close()  # gone mid-stream
+    deadline = time.monotonic() + 10
+    while any(slots_busy(stack)):
+        assert time.monotonic() < deadline, "a slot is still generating for a client that went away"
+        time.sleep(0.1)
+    c = client(stack)
+    ok = c.generate(model=ALIAS, prompt="1, 2, 3, 4, 5, 6,", raw=True, options={"temperature": 0, "num_predict": 4})
+    assert re.match(r"\s*7\b", ok.response or ""), ok
+
+
+def _stream_rate(lines: Iterator[bytes], sse: bool) -> float:
+    """Tokens/s of one streamed answer as the client sees it: pieces after the first / seconds."""
+    stamps = []
+    for raw in lines:
+        line = raw.decode()
+        if sse:
+            if not line.startswith("data: {"):
+                continue
+            doc = json.loads(line[6:])
+            got = any(ch.get("text") or (ch.get("delta") or {}).get("content") for ch in doc.get("choices") or [])
+        else:
+            got = bool(line and json.loads(line).get("response"))
+        if got:
+            stamps.append(time.perf_counter())
+    assert len(stamps) > 32, f"only {len(stamps)} tokens streamed"
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def test_proxy_overhead(stack: Stack) -> None:
+    """Added latency per request and tokens/s, proxy against direct, interleaved runs."""
+    direct, proxied, passthrough = [], [], []
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+    for _ in range(20):
+        t = time.perf_counter()
+        requests.post(f"{stack.server.url}/v1/chat/completions", json=body, timeout=60).raise_for_status()
+        direct.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        requests.post(f"{stack.proxy.url}/api/chat", json={"model": ALIAS, "stream": False, "messages":
+                      body["messages"], "options": {"num_predict": 1, "temperature": 0}}, timeout=60).raise_for_status()
+        proxied.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        requests.post(f"{stack.proxy.url}/v1/chat/completions", json=body, timeout=60).raise_for_status()
+        passthrough.append(time.perf_counter() - t)
+    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    prompt = "Once upon a time, in a small village by the sea, there lived"
+    for _ in range(3):
+        with requests.post(f"{stack.server.url}/v1/completions", json={"prompt": prompt, "max_tokens": 128,
+                           "temperature": 0, "stream": True, "ignore_eos": True}, stream=True, timeout=120) as r:
+            rates["direct"].append(_stream_rate(r.iter_lines(), sse=True))
+        with requests.post(f"{stack.proxy.url}/api/generate", json={"model": ALIAS, "prompt": prompt, "raw": True,
+                           "options": {"num_predict": 128, "temperature": 0}}, stream=True, timeout=120) as r:
+            rates["proxy"].append(_stream_rate(r.iter_lines(), sse=False))
+    med = statistics.median
+    print(f"\n[ollama proxy] 1-token chat, median of 20: direct {med(direct) * 1e3:.1f} ms, /api/chat "
+          f"{med(proxied) * 1e3:.1f} ms (+{(med(proxied) - med(direct)) * 1e3:.1f} ms), /v1 passthrough "
+          f"{med(passthrough) * 1e3:.1f} ms (+{(med(passthrough) - med(direct)) * 1e3:.1f} ms)")
+    print(f"[ollama proxy] streamed 128 tokens, median of 3: direct {med(rates['direct']):.1f} tok/s, "
+          f"through /api/generate {med(rates['proxy']):.1f} tok/s")
+    assert med(proxied) - med(direct) < 0.05  # far below a token's time on this CPU

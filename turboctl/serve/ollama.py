@@ -1,0 +1,655 @@
+"""Ollama's HTTP API in front of llama-server: a small async proxy (aiohttp server + client).
+
+llama-server b11312 speaks the OpenAI API and its own; upstream removed its few ``/api`` routes
+and will not carry Ollama's. This proxy answers Ollama clients as they are and translates to
+llama-server's OpenAI routes (``/v1/chat/completions``, ``/v1/completions``): the request
+options to llama-server's sampling, the response to Ollama's NDJSON stream (or one object)
+with durations from llama-server's own ``timings``. ``/v1/*`` goes through unchanged.
+
+``make_app(upstream, models)`` builds the application; ``run_proxy(app, host, port)`` serves it
+on a thread with its own event loop and returns a handle with ``.stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+#: The Ollama version /api/version reports: clients gate features on it (VS Code Copilot
+#: requires >= 0.6.4); the routes and fields answered here are those of Ollama 0.6.4+.
+OLLAMA_VERSION = "0.6.4"
+
+#: Routes of Ollama's model management: turboctl serves the models of its profiles, so these
+#: are refused (501) with a message saying what to do instead.
+MANAGEMENT_ROUTES = ("pull", "push", "create", "copy", "delete", "blobs")
+
+#: Ollama options mapped to llama-server's OpenAI-route fields (others are accepted and ignored).
+SAMPLING_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                    "repeat_penalty": "repeat_penalty", "seed": "seed", "stop": "stop"}
+
+# A GBNF grammar for one JSON object (format: "json"); llama-server b11312 does not constrain a
+# schema without properties (``{"type": "object"}``) on its chat route, a grammar it does.
+JSON_OBJECT_GRAMMAR = r"""
+root   ::= ws object ws
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::= "{" ws ( member ( ws "," ws member )* )? ws "}"
+member ::= string ws ":" ws value
+array  ::= "[" ws ( value ( ws "," ws value )* )? ws "]"
+string ::= "\"" ( [^"\\\x00-\x1f] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )* "\""
+number ::= "-"? ( "0" | [1-9] [0-9]* ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
+ws     ::= [ \t\n]{0,20}
+"""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model the endpoint serves, as Ollama clients see it.
+
+    ``name`` is the alias clients send (``name:latest`` is accepted too); ``size_bytes`` the
+    memory it takes when loaded (weights + KV + buffers: /api/ps ``size``); ``size_vram`` the
+    part of it in GPU memory."""
+
+    name: str
+    path: Path
+    arch: str
+    context: int
+    kv: str
+    size_bytes: int
+    parameter_size: str = ""
+    quantization: str = ""
+    capabilities: tuple[str, ...] = ("completion",)
+    size_vram: int = 0
+
+
+def served_model(name: str, path: Path, *, context: int, kv: str, size_bytes: int, size_vram: int = 0) -> ServedModel:
+    """A ServedModel with the architecture, parameter size and quantization read from the GGUF."""
+    from turboctl.models.gguf import read_metadata
+
+    meta = read_metadata(path)
+    arch = str(meta.get("general.architecture", ""))
+    size_label = meta.get("general.size_label")
+    quant = ""
+    ftype = meta.get("general.file_type")
+    if isinstance(ftype, int):
+        import gguf
+
+        try:
+            quant = gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_")
+        except ValueError:
+            quant = ""
+    return ServedModel(name=name, path=path, arch=arch, context=context, kv=kv, size_bytes=size_bytes,
+                       parameter_size=size_label if isinstance(size_label, str) else "", quantization=quant,
+                       size_vram=size_vram)
+
+
+class OllamaError(Exception):
+    """An error answered with Ollama's body ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _mtime(path: Path) -> str:
+    try:
+        ts = path.stat().st_mtime
+    except OSError:
+        ts = 0.0
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _digest(m: ServedModel) -> str:
+    # not the file's sha256 (hashing GBs per /api/tags is not cheap): stable for one file version
+    try:
+        st = m.path.stat()
+        key = f"{m.path.name}\0{st.st_size}\0{st.st_mtime_ns}\0{m.kv}\0{m.context}"
+    except OSError:
+        key = f"{m.path.name}\0{m.kv}\0{m.context}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _details(m: ServedModel) -> dict[str, Any]:
+    return {"parent_model": "", "format": "gguf", "family": m.arch, "families": [m.arch] if m.arch else [],
+            "parameter_size": m.parameter_size, "quantization_level": m.quantization}
+
+
+MODELS_KEY = web.AppKey("models", dict)
+UPSTREAM_KEY = web.AppKey("upstream", str)
+SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+STATE_KEY = web.AppKey("state", dict)
+
+
+def _lookup(app: web.Application, name: object) -> ServedModel:
+    models: dict[str, ServedModel] = app[MODELS_KEY]
+    if not isinstance(name, str) or not name:
+        raise OllamaError(400, "model is required")
+    found = models.get(name) or models.get(name.removesuffix(":latest"))
+    if found is None:
+        raise OllamaError(404, f"model '{name}' not found")
+    return found
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise OllamaError(400, f"invalid JSON in the request body: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise OllamaError(400, "the request body must be a JSON object")
+    return doc
+
+
+def _upstream_headers(request: web.Request) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    auth = request.headers.get("Authorization")
+    if auth:
+        headers["Authorization"] = auth
+    return headers
+
+
+async def _upstream_error(resp: aiohttp.ClientResponse) -> OllamaError:
+    raw = await resp.read()
+    message = raw.decode(errors="replace").strip() or resp.reason or "error"
+    try:
+        doc = json.loads(raw)
+        err = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = err["message"]
+        elif isinstance(err, str):
+            message = err
+    except ValueError:
+        pass
+    return OllamaError(resp.status, f"llama-server: {message}")
+
+
+async def _props(app: web.Application, request: web.Request) -> dict[str, Any]:
+    state: dict[str, Any] = app[STATE_KEY]
+    cached = state.get("props")
+    if isinstance(cached, dict):
+        return cached
+    try:
+        async with app[SESSION_KEY].get(f"{app[UPSTREAM_KEY]}/props", headers=_upstream_headers(request)) as resp:
+            if resp.status != 200:
+                return {}
+            doc = await resp.json(content_type=None)
+    except (aiohttp.ClientError, ValueError):
+        return {}
+    if isinstance(doc, dict):
+        state["props"] = doc
+        return doc
+    return {}
+
+
+def _supports_tools(props: dict[str, Any]) -> bool:
+    caps = props.get("chat_template_caps")
+    return isinstance(caps, dict) and bool(caps.get("supports_tools"))
+
+
+# --- the model routes -------------------------------------------------------------------------
+
+async def _root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+async def _version(request: web.Request) -> web.Response:
+    return web.json_response({"version": OLLAMA_VERSION})
+
+
+async def _tags(request: web.Request) -> web.Response:
+    models: dict[str, ServedModel] = request.app[MODELS_KEY]
+    return web.json_response({"models": [
+        {"name": m.name, "model": m.name, "modified_at": _mtime(m.path), "size": _file_size(m.path),
+         "digest": _digest(m), "details": _details(m)} for m in models.values()]})
+
+
+async def _show(request: web.Request) -> web.Response:
+    body = await _body(request)
+    m = _lookup(request.app, body.get("model") or body.get("name"))
+    props = await _props(request.app, request)
+    caps = list(m.capabilities)
+    if "completion" in caps and "tools" not in caps and _supports_tools(props):
+        caps.append("tools")
+    info: dict[str, Any] = {"general.architecture": m.arch, f"{m.arch}.context_length": m.context}
+    template = props.get("chat_template")
+    return web.json_response({
+        "modelfile": f"# served by turboctl (llama-server) with KV {m.kv}, context {m.context}\nFROM {m.path}\n",
+        "parameters": f"num_ctx {m.context}",
+        "template": template if isinstance(template, str) else "",
+        "details": _details(m), "model_info": info, "capabilities": caps, "modified_at": _mtime(m.path)})
+
+
+async def _ps(request: web.Request) -> web.Response:
+    models: dict[str, ServedModel] = request.app[MODELS_KEY]
+    expires = (datetime.now(timezone.utc) + timedelta(days=365 * 100)).isoformat().replace("+00:00", "Z")
+    return web.json_response({"models": [
+        {"name": m.name, "model": m.name, "size": m.size_bytes, "digest": _digest(m), "details": _details(m),
+         "expires_at": expires, "size_vram": m.size_vram, "context_length": m.context} for m in models.values()]})
+
+
+async def _management(request: web.Request) -> web.Response:
+    route = request.match_info.get("route", "")
+    raise OllamaError(501, f"'{route}' is not supported: turboctl serves the models of its profiles; "
+                      "add or change a model in a profile (turboctl profiles) and restart turboctl serve")
+
+
+# --- chat and generate ------------------------------------------------------------------------
+
+def _options(body: dict[str, Any], m: ServedModel) -> dict[str, Any]:
+    opts = body.get("options") or {}
+    if not isinstance(opts, dict):
+        raise OllamaError(400, "options must be a JSON object")
+    out: dict[str, Any] = {}
+    for name, target in SAMPLING_OPTIONS.items():
+        if opts.get(name) is not None:
+            out[target] = opts[name]
+    n_predict = opts.get("num_predict")
+    if isinstance(n_predict, int) and not isinstance(n_predict, bool) and n_predict >= 0:
+        out["max_tokens"] = n_predict
+    num_ctx = opts.get("num_ctx")
+    if num_ctx is not None:
+        if isinstance(num_ctx, bool) or not isinstance(num_ctx, int):
+            raise OllamaError(400, "options.num_ctx must be an integer")
+        if num_ctx > m.context:
+            raise OllamaError(400, f"num_ctx {num_ctx} is larger than the context model '{m.name}' is served with "
+                              f"({m.context} tokens): the context is set by the profile (context:); raise it there "
+                              "and restart turboctl serve, or ask for at most that")
+    fmt = body.get("format")
+    if fmt == "json":
+        out["grammar"] = JSON_OBJECT_GRAMMAR
+    elif isinstance(fmt, dict):
+        if fmt.get("type") == "object" and not fmt.get("properties"):
+            out["grammar"] = JSON_OBJECT_GRAMMAR
+        else:
+            out["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
+    elif fmt not in (None, ""):
+        raise OllamaError(400, f"format must be \"json\" or a JSON schema object, not {json.dumps(fmt)[:80]}")
+    return out
+
+
+def _no_images(obj: dict[str, Any]) -> None:
+    if obj.get("images"):
+        raise OllamaError(400, "images are not supported: the served model is text-only (no multimodal "
+                          "projector is loaded)")
+
+
+def _openai_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list):
+        raise OllamaError(400, "messages must be a list")
+    out: list[dict[str, Any]] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise OllamaError(400, f"messages[{i}] must be an object with a role")
+        _no_images(msg)
+        o: dict[str, Any] = {"role": msg["role"], "content": msg.get("content") or ""}
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            o["tool_calls"] = []
+            for j, call in enumerate(calls):
+                fn = call.get("function", {}) if isinstance(call, dict) else {}
+                args = fn.get("arguments", {})
+                o["tool_calls"].append({"id": f"call_{i}_{j}", "type": "function",
+                                        "function": {"name": fn.get("name", ""),
+                                                     "arguments": args if isinstance(args, str) else json.dumps(args)}})
+        if msg["role"] == "tool":
+            if msg.get("tool_name"):
+                o["name"] = msg["tool_name"]
+            o["tool_call_id"] = msg.get("tool_call_id") or _tool_call_id(out, msg.get("tool_name"))
+        out.append(o)
+    return out
+
+
+def _tool_call_id(previous: list[dict[str, Any]], name: object) -> str:
+    for o in reversed(previous):
+        for call in o.get("tool_calls", []):
+            if name is None or call["function"]["name"] == name:
+                return str(call["id"])
+    return "call_0"
+
+
+def _ollama_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for call in calls:
+        fn = call.get("function") or {}
+        raw = fn.get("arguments") or "{}"
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            args = {"_raw": raw}
+        out.append({"function": {"name": fn.get("name", ""), "arguments": args}})
+    return out
+
+
+def _final_fields(timings: dict[str, Any], usage: dict[str, Any], finish: str | None, started: float) -> dict[str, Any]:
+    def ns(ms: object) -> int:
+        return int(float(ms) * 1e6) if isinstance(ms, (int, float)) else 0
+
+    prompt_n = timings.get("prompt_n")
+    cache_n = timings.get("cache_n", 0)
+    if isinstance(prompt_n, int):
+        prompt_count = prompt_n + (cache_n if isinstance(cache_n, int) else 0)
+    else:
+        prompt_count = int(usage.get("prompt_tokens", 0) or 0)
+    eval_count = timings.get("predicted_n", usage.get("completion_tokens", 0))
+    return {"done": True, "done_reason": "length" if finish == "length" else "stop",
+            "total_duration": time.monotonic_ns() - int(started * 1e9), "load_duration": 0,
+            "prompt_eval_count": prompt_count, "prompt_eval_duration": ns(timings.get("prompt_ms")),
+            "eval_count": int(eval_count or 0), "eval_duration": ns(timings.get("predicted_ms"))}
+
+
+async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    async for line in resp.content:
+        text = line.decode(errors="replace").strip()
+        if not text.startswith("data:"):
+            continue
+        data = text[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            if "error" in doc:
+                err = doc["error"]
+                raise OllamaError(500, f"llama-server: {err.get('message', err) if isinstance(err, dict) else err}")
+            yield doc
+
+
+async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    started = time.monotonic()
+    body = await _body(request)
+    m = _lookup(request.app, body.get("model"))
+    payload = _options(body, m)
+    payload["model"] = m.name
+    raw = False
+    if chat:
+        payload["messages"] = _openai_messages(body.get("messages") or [])
+        tools = body.get("tools")
+        if tools:
+            payload["tools"] = tools
+        if not payload["messages"]:
+            return web.json_response({"model": m.name, "created_at": _now(),
+                                      "message": {"role": "assistant", "content": ""},
+                                      "done": True, "done_reason": "load"})
+        route = "/v1/chat/completions"
+    else:
+        _no_images(body)
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, str):
+            raise OllamaError(400, "prompt must be a string")
+        if not prompt:
+            return web.json_response({"model": m.name, "created_at": _now(), "response": "", "done": True,
+                                      "done_reason": "load"})
+        raw = bool(body.get("raw"))
+        if raw:
+            payload["prompt"] = prompt
+            route = "/v1/completions"
+        else:
+            msgs = []
+            if isinstance(body.get("system"), str) and body["system"]:
+                msgs.append({"role": "system", "content": body["system"]})
+            msgs.append({"role": "user", "content": prompt})
+            payload["messages"] = msgs
+            route = "/v1/chat/completions"
+    stream = body.get("stream", True) is not False
+    payload["stream"] = stream
+    session = request.app[SESSION_KEY]
+    url = f"{request.app[UPSTREAM_KEY]}{route}"
+    text_key = "text" if raw else None
+
+    def piece(text: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {"model": m.name, "created_at": _now(), "done": False}
+        if chat:
+            msg: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                msg["tool_calls"] = _ollama_tool_calls(calls)
+            doc["message"] = msg
+        else:
+            doc["response"] = text
+        return doc
+
+    try:
+        upstream = await session.post(url, json=payload, headers=_upstream_headers(request))
+    except aiohttp.ClientError as exc:
+        raise OllamaError(502, f"llama-server at {request.app[UPSTREAM_KEY]} is not reachable: {exc}") from exc
+    done = False
+    try:
+        if upstream.status != 200:
+            raise await _upstream_error(upstream)
+        if not stream:
+            doc = await upstream.json(content_type=None)
+            choice = (doc.get("choices") or [{}])[0]
+            if raw:
+                out = piece(choice.get("text") or "")
+            else:
+                msg = choice.get("message") or {}
+                out = piece(msg.get("content") or "", msg.get("tool_calls"))
+            out.update(_final_fields(doc.get("timings") or {}, doc.get("usage") or {}, choice.get("finish_reason"),
+                                     started))
+            done = True
+            return web.json_response(out)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        calls: dict[int, dict[str, Any]] = {}
+        finish: str | None = None
+        timings: dict[str, Any] = {}
+        usage: dict[str, Any] = {}
+        async for ev in _sse_events(upstream):
+            timings = ev.get("timings") or timings
+            usage = ev.get("usage") or usage
+            for choice in ev.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                if text_key:
+                    text = choice.get("text") or ""
+                else:
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content") or ""
+                    for tc in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(int(tc.get("index", 0)), {"function": {"name": "", "arguments": ""}})
+                        fn = tc.get("function") or {}
+                        slot["function"]["name"] += fn.get("name") or ""
+                        slot["function"]["arguments"] += fn.get("arguments") or ""
+                if text:
+                    await resp.write((json.dumps(piece(text)) + "\n").encode())
+        if calls:
+            await resp.write((json.dumps(piece("", [calls[i] for i in sorted(calls)])) + "\n").encode())
+        last = piece("")
+        last.update(_final_fields(timings, usage, finish, started))
+        await resp.write((json.dumps(last) + "\n").encode())
+        await resp.write_eof()
+        done = True
+        return resp
+    finally:
+        # a client gone mid-stream (CancelledError, ConnectionResetError) closes the upstream
+        # connection too: llama-server sees it and frees the slot
+        if done:
+            upstream.release()
+        else:
+            upstream.close()
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    return await _generate_like(request, chat=True)
+
+
+async def _generate(request: web.Request) -> web.StreamResponse:
+    return await _generate_like(request, chat=False)
+
+
+async def _embed(request: web.Request) -> web.Response:
+    raise OllamaError(501, "embeddings are not supported by this endpoint yet")
+
+
+# --- /v1 passthrough --------------------------------------------------------------------------
+
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding",
+               "upgrade", "proxy-authorization", "te", "trailer"}
+
+
+async def _passthrough(request: web.Request) -> web.StreamResponse:
+    url = f"{request.app[UPSTREAM_KEY]}{request.rel_url}"
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+    data = await request.read()
+    try:
+        upstream = await request.app[SESSION_KEY].request(request.method, url, headers=headers, data=data or None,
+                                                          allow_redirects=False, auto_decompress=False)
+    except aiohttp.ClientError as exc:
+        return web.json_response({"error": {"code": 502, "type": "server_error",
+                                            "message": f"llama-server is not reachable: {exc}"}}, status=502)
+    done = False
+    try:
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS})
+        await resp.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+        done = True
+        return resp
+    finally:
+        if done:
+            upstream.release()
+        else:
+            upstream.close()
+
+
+# --- the application --------------------------------------------------------------------------
+
+def _error_middleware(api_key: str | None) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if (api_key is not None and request.path != "/"
+                and request.headers.get("Authorization", "") != f"Bearer {api_key}"):
+            return web.json_response({"error": "unauthorized: send the API key as 'Authorization: Bearer KEY'"},
+                                     status=401)
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        except OllamaError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        except web.HTTPNotFound:
+            return web.json_response({"error": f"{request.method} {request.path}: no such route"}, status=404)
+        except web.HTTPMethodNotAllowed:
+            return web.json_response({"error": f"{request.method} {request.path}: method not allowed"}, status=405)
+    return middleware
+
+
+def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | None = None) -> web.Application:
+    """The Ollama API (and /v1 passed through) for the llama-server at ``upstream``."""
+    by_name: dict[str, ServedModel] = {}
+    for m in models:
+        if m.name in by_name:
+            raise ValueError(f"two served models are named {m.name!r}")
+        by_name[m.name] = m
+    app = web.Application(middlewares=[_error_middleware(api_key)], client_max_size=64 * 1024 * 1024)
+    app[MODELS_KEY] = by_name
+    app[UPSTREAM_KEY] = upstream.rstrip("/")
+    app[STATE_KEY] = {}
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+            app[SESSION_KEY] = session
+            yield
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_get("/", _root)
+    app.router.add_get("/api/version", _version)
+    app.router.add_get("/api/tags", _tags)
+    app.router.add_post("/api/show", _show)
+    app.router.add_get("/api/ps", _ps)
+    app.router.add_post("/api/chat", _chat)
+    app.router.add_post("/api/generate", _generate)
+    app.router.add_post("/api/embed", _embed)
+    app.router.add_post("/api/embeddings", _embed)
+    for route in MANAGEMENT_ROUTES:
+        app.router.add_route("*", f"/api/{{route:{route}}}", _management)
+        app.router.add_route("*", f"/api/{{route:{route}}}/{{rest:.*}}", _management)
+    app.router.add_route("*", "/v1/{tail:.*}", _passthrough)
+    return app
+
+
+class ProxyHandle:
+    """A proxy serving on its own thread and event loop; ``stop()`` ends it."""
+
+    def __init__(self, thread: threading.Thread, loop: asyncio.AbstractEventLoop, stop_event: asyncio.Event,
+                 host: str, port: int) -> None:
+        self._thread = thread
+        self._loop = loop
+        self._stop_event = stop_event
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+            self._thread.join(timeout)
+
+
+def run_proxy(app: web.Application, host: str, port: int) -> ProxyHandle:
+    """Serve ``app`` on host:port (0: a free port) on a new thread; returns once it listens."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            sockets = [s for s in (runner.addresses or [])]
+            box["port"] = int(sockets[0][1]) if sockets else port
+            box["stop"] = asyncio.Event()
+            ready.set()
+            await box["stop"].wait()
+        finally:
+            await runner.cleanup()
+
+    def target() -> None:
+        loop = asyncio.new_event_loop()
+        box["loop"] = loop
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:  # reported to the caller below
+            box["error"] = exc
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=target, name="turboctl-ollama-proxy", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in box:
+        thread.join()
+        raise box["error"]
+    return ProxyHandle(thread, box["loop"], box["stop"], host, box["port"])
