@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .build import gate, manifest
 from .errors import ConfigError, VerificationError
-from .kv.layout import read_layout
+from .kv.layout import KVLayout, read_layout
 from .kv.recipe import Recipe, RecipePlan
 from .models.gguf import ModelInfo, check_model_pairs
 from .paths import Paths
@@ -32,18 +32,21 @@ def tool(m: manifest.Manifest, name: str) -> Path:
     return path
 
 
+def check_plan(m: manifest.Manifest, model: Path, info: ModelInfo, layout: KVLayout, recipe: Recipe) -> RecipePlan:
+    """One recipe on metadata already read: resolved on the model's layers, every distinct K/V
+    pair it uses through the gate, then against the model (the head dims of the layers with that
+    pair), then through the gate again at those head dims (the self-test must have passed that
+    pair at those head dims on this backend)."""
+    plan = recipe.resolve(layout)
+    dims = gate.recipe_head_dims(plan, info)
+    gate.check_recipe_types(m, plan)
+    check_model_pairs(info, {pair: [i for layers in d.values() for i in layers] for pair, d in dims.items()})
+    gate.check_recipe_head_dims(m, plan, info, model=model.name)
+    return plan
+
+
 def preflight(m: manifest.Manifest, model: Path, recipes: Sequence[Recipe]) -> tuple[ModelInfo, list[RecipePlan]]:
-    """Refuse before anything starts: every recipe resolved on the model's layers (GGUF
-    metadata only), every distinct K/V pair it uses through the gate, then against the model
-    (the head dims of the layers with that pair), then through the gate again at those head
-    dims (the self-test must have passed that pair at those head dims on this backend)."""
+    """Refuse before anything starts: :func:`check_plan` for every recipe, on one read of the
+    model's GGUF metadata."""
     info, layout = read_layout(model)
-    plans = []
-    for recipe in recipes:
-        plan = recipe.resolve(layout)
-        dims = gate.recipe_head_dims(plan, info)
-        gate.check_recipe_types(m, plan)
-        check_model_pairs(info, {pair: [i for layers in d.values() for i in layers] for pair, d in dims.items()})
-        gate.check_recipe_head_dims(m, plan, info, model=model.name)
-        plans.append(plan)
-    return info, plans
+    return info, [check_plan(m, model, info, layout, recipe) for recipe in recipes]

@@ -53,8 +53,7 @@ class ServeSettings:
 
     @property
     def endpoint(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
 
 def parse_context(text: str) -> int | Literal["auto"]:
@@ -67,6 +66,11 @@ def parse_context(text: str) -> int | Literal["auto"]:
     if not digits.isdigit() or int(digits) <= 0:
         raise UsageError(f"--ctx {text}: expected auto or a positive number of tokens (e.g. 8192 or 32k)")
     return int(digits) * mult
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port`` (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:

@@ -220,8 +220,7 @@ def _health(url: str, api_key: str | None, timeout: float = 2.0) -> int | None:
 
 def _local_url(s: ServeSettings) -> str:
     """Where turboctl itself reaches the server (loopback when it listens on every address)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.host, s.host)
-    return ServeSettings(model=s.model, recipe=s.recipe, context=s.context, host=host, port=s.port).endpoint
+    return command.http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.host, s.host), s.port)
 
 
 class Stopped(Exception):

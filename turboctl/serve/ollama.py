@@ -13,6 +13,7 @@ on a thread with its own event loop and returns a handle with ``.stop()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
@@ -381,6 +382,20 @@ async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, A
             yield doc
 
 
+@contextlib.asynccontextmanager
+async def _released(upstream: aiohttp.ClientResponse) -> AsyncIterator[None]:
+    """An exchange with llama-server: its connection is released for reuse when the exchange
+    completed, and closed otherwise -- a client gone mid-stream (CancelledError,
+    ConnectionResetError) closes the upstream connection too: llama-server sees it and frees the
+    slot."""
+    try:
+        yield
+    except BaseException:
+        upstream.close()
+        raise
+    upstream.release()
+
+
 async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamResponse:
     started = time.monotonic()
     body = await _body(request)
@@ -438,8 +453,7 @@ async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamRespo
         upstream = await session.post(url, json=payload, headers=_upstream_headers(request))
     except aiohttp.ClientError as exc:
         raise OllamaError(502, f"llama-server at {request.app[UPSTREAM_KEY]} is not reachable: {exc}") from exc
-    done = False
-    try:
+    async with _released(upstream):
         if upstream.status != 200:
             raise await _upstream_error(upstream)
         if not stream:
@@ -452,7 +466,6 @@ async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamRespo
                 out = piece(msg.get("content") or "", msg.get("tool_calls"))
             out.update(_final_fields(doc.get("timings") or {}, doc.get("usage") or {}, choice.get("finish_reason"),
                                      started))
-            done = True
             return web.json_response(out)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
@@ -483,15 +496,7 @@ async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamRespo
         last.update(_final_fields(timings, usage, finish, started))
         await resp.write((json.dumps(last) + "\n").encode())
         await resp.write_eof()
-        done = True
         return resp
-    finally:
-        # a client gone mid-stream (CancelledError, ConnectionResetError) closes the upstream
-        # connection too: llama-server sees it and frees the slot
-        if done:
-            upstream.release()
-        else:
-            upstream.close()
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
@@ -522,21 +527,14 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     except aiohttp.ClientError as exc:
         return web.json_response({"error": {"code": 502, "type": "server_error",
                                             "message": f"llama-server is not reachable: {exc}"}}, status=502)
-    done = False
-    try:
+    async with _released(upstream):
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                   headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS})
         await resp.prepare(request)
         async for chunk in upstream.content.iter_any():
             await resp.write(chunk)
         await resp.write_eof()
-        done = True
         return resp
-    finally:
-        if done:
-            upstream.release()
-        else:
-            upstream.close()
 
 
 # --- the application --------------------------------------------------------------------------

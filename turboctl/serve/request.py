@@ -11,9 +11,10 @@ from typing import Any, Literal
 
 from .. import preflight, proc
 from ..errors import ModelError, UsageError
+from ..kv.layout import layout_from_metadata
 from ..kv.recipe import parse_recipe
 from ..models import fetch
-from ..models.gguf import inspect_model, read_metadata
+from ..models.gguf import inspect_model, model_info_from_metadata, read_metadata
 from ..paths import Paths
 from ..ui import UI
 from . import fit as fit_mod
@@ -111,13 +112,14 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     projection: dict[str, int] | None = None
     context_source = "requested"
     if m is not None and model is not None:
-        info, plans = preflight.preflight(m, model, [recipe])
-        plan = plans[0]
+        meta = read_metadata(model)  # once: a large GGUF's metadata takes seconds to read
+        info = model_info_from_metadata(meta, model)
+        plan = preflight.check_plan(m, model, info, layout_from_metadata(meta, info), recipe)
         budget = fit_mod.machine_budget(backend=m.backend)
         if limit is not None and req.max_memory is not None:
             budget = fit_mod.capped(budget, limit, req.max_memory)
         budget_text = f"{fit_mod.human(budget.bytes)} ({budget.source})"
-        proj = fit_mod.fit(m, model, plan, wanted, budget, n_ctx_train=n_ctx_train_of(read_metadata(model)),
+        proj = fit_mod.fit(m, model, plan, wanted, budget, n_ctx_train=n_ctx_train_of(meta),
                            parallel=parallel, batch_size=server.batch_size if server else None, extra_args=extra,
                            env=dict(prof.environment) if prof else None)
         context = proj.context

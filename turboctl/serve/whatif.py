@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..build import gate
 from ..build.manifest import Manifest
 from ..errors import CommandFailed, GateRefused, KVConfigError, ModelError, UsageError
 from ..kv.layout import KVLayout, layout_from_metadata
-from ..kv.recipe import Recipe, RecipePlan, parse_recipe
-from ..models.gguf import ModelInfo, check_model_pairs, model_info_from_metadata, read_metadata
+from ..kv.recipe import Recipe, parse_recipe
+from ..models.gguf import ModelInfo, model_info_from_metadata, read_metadata
+from ..preflight import check_plan
 from .fit import Budget, Projector, Runner, largest_context
 
 SCHEMA = "turboctl.whatif/1"
@@ -44,23 +44,12 @@ def n_ctx_train_of(meta: Mapping[str, Any]) -> int:
     return value
 
 
-def _checked(m: Manifest, model: Path, info: ModelInfo, layout: KVLayout, recipe: Recipe) -> RecipePlan:
-    """The checks of :func:`turboctl.preflight.preflight`, in its order, on metadata read once for all
-    the rows (reading a large GGUF's metadata takes seconds)."""
-    plan = recipe.resolve(layout)
-    dims = gate.recipe_head_dims(plan, info)
-    gate.check_recipe_types(m, plan)
-    check_model_pairs(info, {pair: [i for layers in d.values() for i in layers] for pair, d in dims.items()})
-    gate.check_recipe_head_dims(m, plan, info, model=model.name)
-    return plan
-
-
 def _row(m: Manifest, model: Path, info: ModelInfo, layout: KVLayout, recipe: Recipe, given: bool,
          context: int | Literal["auto"], budget: Budget, train: int, parallel: int, batch_size: int | None,
          extra_args: Sequence[str], env: Mapping[str, str] | None, runner: Runner | None) -> WhatIfRow:
     at = train if context == "auto" else context
     try:
-        plan = _checked(m, model, info, layout, recipe)
+        plan = check_plan(m, model, info, layout, recipe)  # metadata read once for all rows
     except GateRefused as exc:
         return WhatIfRow(recipe.label, given, None, at, None, None, None, None, f"refused by the gate: {exc.message}")
     except (KVConfigError, ModelError) as exc:
