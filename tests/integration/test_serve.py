@@ -245,3 +245,21 @@ def test_binary_missing_with_no_build(tmp_path: Path, tiny: Path) -> None:
     r = run_turboctl(tmp_path / "empty-home", "serve", "--model", str(tiny), "--no-build")
     assert r.returncode == 21, r.stderr
     assert "error: no build of llama-server matches this turboctl (nothing built yet in" in r.stderr
+
+
+def test_the_build_check_of_serve_is_well_under_a_second(home: Path) -> None:
+    """Issue 9: serve's check of an existing build must cost well under a second when nothing
+    changed (the manifest against the pin, the series and the binaries; no self-test run)."""
+    import time
+
+    from turboctl.paths import Paths
+    from turboctl.serve import launch
+    from turboctl.ui import UI
+
+    took = []
+    for _ in range(5):
+        started = time.perf_counter()
+        launch.ensure_build(Paths(home), UI(quiet=True), no_build=True)
+        took.append(time.perf_counter() - started)
+    print(f"\n[serve build check] min {min(took) * 1000:.0f} ms, max {max(took) * 1000:.0f} ms over 5 calls")
+    assert max(took) < 0.5
