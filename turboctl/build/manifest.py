@@ -15,8 +15,6 @@ asks for ``turboctl selftest`` before it serves a turbo type by head dims).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError
-from ..paths import Paths
+from ..paths import Paths, write_text_atomic
 from .patches import Series
 from .pins import Pin
 
@@ -173,18 +171,7 @@ def now_iso() -> str:
 
 def write_atomic(path: Path, document: dict[str, Any]) -> None:
     """Write JSON so that readers see either the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
 
 
 def save(manifest: Manifest, build_dir: Path, paths: Paths) -> Path:

@@ -9,16 +9,19 @@ from ..bench.common import log_path
 from ..paths import get_paths
 from ..serve import catalog, launch
 from ..serve.command import parse_context
-from ..serve.request import ServeRequest, prepare
+from ..serve.fit import human
+from ..serve.request import ServeRequest, prepare, prepare_router
+from ..serve.router import RouterPlan
 from .common import JsonOpt, handle_errors, start
 
 
 @handle_errors
 def serve(
     profile: Annotated[
-        str | None,
-        typer.Option("--profile", "-p", help="A profile name (turboctl profiles list) or a profile file.",
-                     show_default=False),
+        list[str] | None,
+        typer.Option("--profile", "-p", help="A profile name (turboctl profiles list) or a profile file; give it "
+                                             "twice or more to serve several models on one endpoint, each by "
+                                             "its name (llama-server's router mode).", show_default=False),
     ] = None,
     model: Annotated[
         Path | None,
@@ -57,6 +60,16 @@ def serve(
         typer.Option("--insecure-no-api-key",
                      help="Allow listening beyond loopback WITHOUT an API key (a warning on every start)."),
     ] = False,
+    ollama_port: Annotated[
+        bool,
+        typer.Option("--ollama", help="Listen on Ollama's port 11434 (loopback unless --host), where Ollama "
+                                      "clients look by default."),
+    ] = False,
+    direct: Annotated[
+        bool,
+        typer.Option("--direct", help="No Ollama API: llama-server itself on the port (OpenAI and llama-server "
+                                      "APIs only, no proxy in between)."),
+    ] = False,
     max_memory: Annotated[
         str | None,
         typer.Option("--max-memory", help="Use at most this much memory (e.g. 24G), below what the machine "
@@ -77,37 +90,62 @@ def serve(
     json_out: JsonOpt = False,
 ) -> None:
     """Start llama-server with turbo KV: build if needed, fetch and verify the model, fit the
-    context, verify what started, stay in the foreground (Ctrl-C stops it)."""
+    context, verify what started, answer the Ollama and OpenAI APIs on one port, stay in the
+    foreground (Ctrl-C stops it)."""
     ui = start(json_out)
     paths = get_paths()
+    profiles = [catalog.find_profile(p) for p in profile or []]
     req = ServeRequest(
-        profile=catalog.find_profile(profile) if profile is not None else None,
+        profile=profiles[0] if len(profiles) == 1 else None,
         model=model, kv=kv, context=parse_context(ctx) if ctx is not None else None, host=host, port=port,
         parallel=parallel, api_key_file=api_key_file, insecure_no_api_key=insecure_no_api_key,
-        no_build=no_build, offline=offline, dry_run=dry_run,
-        max_memory=max_memory)
-    p = prepare(req, paths, ui)
+        no_build=no_build, offline=offline, dry_run=dry_run, max_memory=max_memory, direct=direct,
+        ollama=ollama_port)
+    p: launch.Startable = prepare_router(req, profiles, paths, ui) if len(profiles) > 1 else prepare(req, paths, ui)
     for note in p.notes:
         ui.info(f"note: {note}")
     if dry_run:
         if json_out:
             ui.emit_json(p.to_json())
         else:
+            if p.front is not None:
+                typer.echo(f"# turboctl answers on {p.front.endpoint} (Ollama API; OpenAI and llama-server routes "
+                           "passed through) in front of:")
+            if isinstance(p, RouterPlan):
+                typer.echo(f"# {p.preset_path}\n{p.preset}")
             typer.echo(p.shown)
         return
     log = log_path(paths, "serve")
-    ui.kv("serve", [("model", str(p.settings.model)), ("context", f"{p.settings.context} ({p.context_source})"),
-                    ("kv", launch.kv_summary(p)), ("budget", p.budget or "-"), ("log", str(log))])
+    if isinstance(p, RouterPlan):
+        ui.table("models", ["model", "kv", "context", "slots", "memory", "at start"],
+                 [[r["model"], r["kv"], str(r["context"]), str(r["parallel"]), human(r["total_bytes"]),
+                   "loaded" if r["load_on_startup"] else "on demand"] for r in p.fit_rows()])
+        ui.kv("serve", [("models at once", f"{p.models_max} of {len(p.members)}"), ("budget", p.budget or "-"),
+                        ("preset", str(p.preset_path)), ("log", str(log))])
+    else:
+        ui.kv("serve", [("model", str(p.settings.model)),
+                        ("context", f"{p.settings.context} ({p.context_source})"),
+                        ("kv", launch.kv_summary(p)), ("budget", p.budget or "-"), ("log", str(log))])
     ui.info(f"$ {p.shown}")
 
     def announce(running: launch.RunningServer) -> None:
-        s = running.plan.settings
-        ui.ok(f"llama-server is ready on {s.endpoint} (pid {running.child.pid}, "
-              f"{running.plan.plan.describe() if running.plan.plan else s.recipe.label} verified in its log)")
-        ui.kv("serving", [("endpoint", f"{s.endpoint}/v1 (OpenAI API)"), ("model", s.alias or s.model.name),
-                          ("context", str(s.context)), ("kv", launch.kv_summary(running.plan)),
-                          ("api key", "required" if s.api_key else "none (loopback only)"),
-                          ("stop", "Ctrl-C")])
+        rp = running.plan
+        where = rp.front.endpoint if rp.front else rp.endpoint
+        apis = "Ollama API, OpenAI API at /v1, llama-server's own routes" if rp.front else "OpenAI API at /v1"
+        if isinstance(rp, RouterPlan):
+            ui.ok(f"llama-server (router) is ready on {where} (pid {running.child.pid}); "
+                  f"{sum(m.load_on_startup for m in rp.members)} model(s) loaded, their KV verified in the log")
+            rows = [("endpoint", f"{where} ({apis})"),
+                    ("models", ", ".join(f"{m.name} ({m.plan.settings.recipe.label})" for m in rp.members)),
+                    ("api key", "required" if rp.api_key else "none (loopback only)"), ("stop", "Ctrl-C")]
+        else:
+            s = rp.settings
+            ui.ok(f"llama-server is ready on {where} (pid {running.child.pid}, "
+                  f"{rp.plan.describe() if rp.plan else s.recipe.label} verified in its log)")
+            rows = [("endpoint", f"{where} ({apis})"), ("model", rp.name),
+                    ("context", str(s.context)), ("kv", launch.kv_summary(rp)),
+                    ("api key", "required" if s.api_key else "none (loopback only)"), ("stop", "Ctrl-C")]
+        ui.kv("serving", rows)
         if json_out:
             ui.emit_json(launch.ready_document(running))
 

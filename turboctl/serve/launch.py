@@ -51,7 +51,9 @@ from ..models.gguf import ModelInfo
 from ..paths import Paths
 from ..ui import UI
 from . import command
+from . import ollama as ollama_mod
 from .command import ServeSettings
+from .router import LogSplitter, RouterPlan
 
 SERVER = "llama-server"
 READY_TIMEOUT_S = 600.0
@@ -146,6 +148,26 @@ def check_port(host: str, port: int) -> None:
 # --------------------------------------------------------------------------- the plan
 
 @dataclass(frozen=True)
+class Front:
+    """Where turboctl's Ollama proxy listens: the endpoint clients use (llama-server itself is then
+    on a loopback port behind it)."""
+
+    host: str
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return command.http_url(self.host, self.port)
+
+
+def free_loopback_port() -> int:
+    """A port on 127.0.0.1 nothing listens on right now (for llama-server behind the proxy)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
 class ServePlan:
     """Everything decided before the server starts."""
 
@@ -159,12 +181,26 @@ class ServePlan:
     budget: str | None = None
     projection: Mapping[str, int] | None = None
     notes: tuple[str, ...] = ()
+    front: Front | None = None
+    backend: str = "cpu"
+
+    @property
+    def endpoint(self) -> str:
+        """Where clients connect: the proxy, or llama-server itself (``--direct``)."""
+        return self.front.endpoint if self.front else self.settings.endpoint
+
+    @property
+    def name(self) -> str:
+        """The model name clients send (llama-server's --alias)."""
+        return self.settings.alias or self.settings.model.stem
 
     def to_json(self) -> dict[str, Any]:
         s = self.settings
         return {
             "schema": SCHEMA,
-            "endpoint": s.endpoint,
+            "endpoint": self.endpoint,
+            "ollama_api": self.front is not None,
+            "llama_server": s.endpoint,
             "model": str(s.model),
             "alias": s.alias,
             "context": s.context,
@@ -185,13 +221,18 @@ class ServePlan:
 
 def make_serve_plan(settings: ServeSettings, binary: Path, *, plan: RecipePlan | None,
                     info: ModelInfo | None, context_source: str, budget: str | None = None,
-                    projection: Mapping[str, int] | None = None, notes: tuple[str, ...] = ()) -> ServePlan:
+                    projection: Mapping[str, int] | None = None, notes: tuple[str, ...] = (),
+                    front: Front | None = None, backend: str = "cpu") -> ServePlan:
     argv = command.server_argv(binary, settings)
-    if not settings.context:  # a dry run before the build or the model exist: auto is not resolved yet
-        argv = [("<auto>" if a == "0" and argv[i - 1] == "-c" else a) for i, a in enumerate(argv)]
+    # a dry run: what is only decided at the start (auto context before the build or the model
+    # exist, the loopback port behind the proxy) is shown as such
+    unresolved = {"-c": ("0", "<auto>"), "--port": ("0", "<free loopback port>")}
+    argv = [unresolved[argv[i - 1]][1] if i and argv[i - 1] in unresolved and a == unresolved[argv[i - 1]][0] else a
+            for i, a in enumerate(argv)]
     return ServePlan(settings=settings, argv=argv, env=command.server_env(settings),
                      shown=command.display(argv, command.env_overrides(settings)), plan=plan, info=info,
-                     context_source=context_source, budget=budget, projection=projection, notes=notes)
+                     context_source=context_source, budget=budget, projection=projection, notes=notes,
+                     front=front, backend=backend)
 
 
 def kv_summary(p: ServePlan) -> str:
@@ -218,9 +259,18 @@ def _health(url: str, api_key: str | None, timeout: float = 2.0) -> int | None:
         return None
 
 
-def _local_url(s: ServeSettings) -> str:
-    """Where turboctl itself reaches the server (loopback when it listens on every address)."""
-    return command.http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(s.host, s.host), s.port)
+def _local_url(host: str, port: int) -> str:
+    """Where turboctl itself reaches a server (loopback when it listens on every address)."""
+    return command.http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
+
+
+Startable = ServePlan | RouterPlan
+
+
+def _listen(p: Startable) -> tuple[str, int, str | None]:
+    if isinstance(p, RouterPlan):
+        return p.host, p.port, p.api_key
+    return p.settings.host, p.settings.port, p.settings.api_key
 
 
 class Stopped(Exception):
@@ -253,17 +303,30 @@ def stop_signals() -> Iterator[None]:
 
 @dataclass
 class RunningServer:
-    plan: ServePlan
+    plan: Startable
     child: proc.Background
     log: Path
     started: float
+    proxy: ollama_mod.ProxyHandle | None = None
+    children: LogSplitter | None = None  # router mode: the log of each model's llama-server
+
+    @property
+    def url(self) -> str:
+        host, port, _ = _listen(self.plan)
+        return _local_url(host, port)
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def failure(self, message: str, hint: str | None = None) -> ServerFailed:
-        lines = self.log_text().splitlines()
+    def failure(self, message: str, hint: str | None = None, lines: list[str] | None = None) -> ServerFailed:
+        lines = self.log_text().splitlines() if lines is None else lines
         return ServerFailed(message, hint=hint, log_path=self.log, details=proc.relevant_lines(lines))
+
+    def stop(self) -> int | None:
+        """The proxy first (no new requests), then llama-server (and the router's children)."""
+        if self.proxy is not None:
+            self.proxy.stop()
+        return self.child.stop()
 
 
 def verify_log(p: ServePlan, log_text: str) -> None:
@@ -280,6 +343,26 @@ def verify_log(p: ServePlan, log_text: str) -> None:
             "one the fit was made for)", hint="report this with the serve log")
 
 
+def verify_children(running: RunningServer) -> list[str]:
+    """Router mode: every model load that became ready since the last call, checked against its
+    own plan (:func:`verify_log` on that child's part of the log). The names verified; a mismatch
+    raises VerificationError naming the model."""
+    assert isinstance(running.plan, RouterPlan) and running.children is not None
+    plans = {m.name: m.plan for m in running.plan.members}
+    done = []
+    for child in running.children.poll():
+        p = plans.get(child.name)
+        if p is not None and p.plan is not None:
+            try:
+                verify_log(p, child.text)
+            except VerificationError as exc:
+                raise VerificationError(f"model {child.name} (port {child.port}): {exc.message}",
+                                        hint=exc.hint) from None
+        child.verified = True
+        done.append(child.name)
+    return done
+
+
 def exit_hint(code: int) -> str:
     if code == -signal.SIGILL:
         return ("it died of SIGILL (an instruction this CPU does not have); on some x86 virtual machines "
@@ -287,22 +370,96 @@ def exit_hint(code: int) -> str:
     return "see the log for why"
 
 
-def start(p: ServePlan, log: Path, ui: UI, *, ready_timeout: float = READY_TIMEOUT_S,
-          poll: float = 0.25) -> RunningServer:
-    """Start llama-server, wait until healthy, check its log against the plan. On any failure
-    the server is stopped before the error is raised."""
-    s = p.settings
-    child = proc.Background(p.argv, log=log, env=p.env)
-    running = RunningServer(plan=p, child=child, log=log, started=time.monotonic())
-    url = _local_url(s)
+def _router_status(url: str, api_key: str | None) -> dict[str, dict[str, Any]]:
+    """The router's ``GET /models``: model name -> its ``status`` object."""
+    req = urllib.request.Request(f"{url}/models")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with ui.spinner(f"waiting for llama-server on {s.endpoint}") as spin:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            doc = json.load(r)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for m in doc.get("data") or [] if isinstance(doc, dict) else []:
+        if isinstance(m, dict) and isinstance(m.get("id"), str) and isinstance(m.get("status"), dict):
+            out[m["id"]] = m["status"]
+    return out
+
+
+def _wait_startup_models(running: RunningServer, spin: Any, ready_timeout: float, poll: float) -> None:
+    """Router mode: until every ``load-on-startup`` model is loaded and verified."""
+    assert isinstance(running.plan, RouterPlan) and running.children is not None
+    want = {m.name for m in running.plan.members if m.load_on_startup}
+    verified: set[str] = set()
+    while want - verified:
+        code = running.child.poll()
+        if code is not None:
+            raise running.failure(f"llama-server (router) exited with code {code} while loading the models",
+                                  hint=exit_hint(code))
+        verified.update(verify_children(running))
+        status = _router_status(running.url, running.plan.api_key)
+        for name in sorted(want - verified):
+            st = status.get(name, {})
+            if st.get("failed"):
+                child = running.children.latest(name)
+                raise running.failure(
+                    f"model {name} failed to load (exit code {st.get('exit_code')})",
+                    hint=exit_hint(int(st.get("exit_code") or 0)) if st.get("exit_code") else "see the log for why",
+                    lines=child.lines if child else None)
+        elapsed = time.monotonic() - running.started
+        if elapsed > ready_timeout:
+            raise running.failure(f"models {', '.join(sorted(want - verified))} were not loaded within "
+                                  f"{ready_timeout:.0f} s",
+                                  hint="large models may need longer: --ready-timeout SECONDS")
+        spin.update(elapsed, f"loading {', '.join(sorted(want - verified))}")
+        time.sleep(poll)
+
+
+def served_models(p: Startable) -> list[ollama_mod.ServedModel]:
+    """What the Ollama API lists: each model's name, file, context, KV recipe and memory."""
+    plans = [m.plan for m in p.members] if isinstance(p, RouterPlan) else [p]
+    out = []
+    for sp in plans:
+        s = sp.settings
+        total = int(sp.projection["total"]) if sp.projection else s.model.stat().st_size
+        out.append(ollama_mod.served_model(
+            sp.name, s.model, context=s.context, kv=s.recipe.label, size_bytes=total,
+            size_vram=total if sp.backend in ("metal", "cuda") else 0))
+    return out
+
+
+def _start_proxy(running: RunningServer) -> None:
+    p = running.plan
+    assert p.front is not None
+    _, _, key = _listen(p)
+    app = ollama_mod.make_app(running.url, served_models(p), api_key=key, router=isinstance(p, RouterPlan))
+    try:
+        running.proxy = ollama_mod.run_proxy(app, p.front.host, p.front.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(f"{p.front.endpoint} was taken while llama-server started",
+                            hint="stop what listens there, or pick another port (--port N)") from None
+        raise UsageError(f"cannot listen on {p.front.endpoint}: {exc.strerror or exc}") from None
+
+
+def start(p: Startable, log: Path, ui: UI, *, ready_timeout: float = READY_TIMEOUT_S,
+          poll: float = 0.25) -> RunningServer:
+    """Start llama-server (one model, or the router), wait until healthy, check its log against
+    the plan (router: every model loaded at start), then the Ollama proxy in front. On any failure
+    everything started is stopped before the error is raised."""
+    child = proc.Background(p.argv, log=log, env=p.env)
+    running = RunningServer(plan=p, child=child, log=log, started=time.monotonic(),
+                            children=LogSplitter(log) if isinstance(p, RouterPlan) else None)
+    _, _, key = _listen(p)
+    try:
+        with ui.spinner(f"waiting for llama-server on {running.url}") as spin:
             while True:
                 code = child.poll()
                 if code is not None:
                     raise running.failure(f"llama-server exited with code {code} before it was ready",
                                           hint=exit_hint(code))
-                status = _health(url, s.api_key)
+                status = _health(running.url, key)
                 if status == 200:
                     break
                 elapsed = time.monotonic() - running.started
@@ -311,19 +468,24 @@ def start(p: ServePlan, log: Path, ui: UI, *, ready_timeout: float = READY_TIMEO
                                           hint="a large model may need longer: --ready-timeout SECONDS")
                 spin.update(elapsed, "loading the model" if status == 503 else "")
                 time.sleep(poll)
-        if p.plan is not None:
+            if isinstance(p, RouterPlan):
+                _wait_startup_models(running, spin, ready_timeout, poll)
+        if isinstance(p, ServePlan) and p.plan is not None:
             verify_log(p, running.log_text())
+        if p.front is not None:
+            _start_proxy(running)
     except BaseException:
-        child.stop()
+        running.stop()
         raise
     return running
 
 
-def serve_forever(p: ServePlan, log: Path, ui: UI, announce: Callable[[RunningServer], None], *,
+def serve_forever(p: Startable, log: Path, ui: UI, announce: Callable[[RunningServer], None], *,
                   ready_timeout: float = READY_TIMEOUT_S) -> int:
     """Start (see :func:`start`), announce, then block until the server exits by itself (an
-    error) or SIGINT / SIGTERM arrives (the server is stopped, then 0). A signal during the
-    start stops the server as well (exit code 130)."""
+    error) or SIGINT / SIGTERM arrives (everything is stopped, then 0). A signal during the
+    start stops the server as well (exit code 130). In router mode each model loaded on demand
+    is verified against its plan as soon as it is ready (a mismatch stops everything)."""
     running: RunningServer | None = None
     with stop_signals():  # kept until the server is stopped
         try:
@@ -332,14 +494,24 @@ def serve_forever(p: ServePlan, log: Path, ui: UI, announce: Callable[[RunningSe
             while True:
                 code = running.child.wait(timeout=0.5)
                 if code is not None:
-                    running.child.stop()
+                    running.stop()
                     raise running.failure(f"llama-server stopped unexpectedly (exit code {code})")
+                if running.proxy is not None and not running.proxy.alive:
+                    running.stop()
+                    raise running.failure("the Ollama API proxy stopped unexpectedly (llama-server was stopped)")
+                if running.children is not None:
+                    try:
+                        for name in verify_children(running):
+                            ui.ok(f"model {name} loaded; its KV cache verified in its log")
+                    except VerificationError:
+                        running.stop()
+                        raise
         except Stopped as sig:
             if running is None:
                 ui.info(f"{sig}: llama-server stopped before it was ready")
                 return EXIT_INTERRUPTED
             ui.info(f"{sig}: stopping llama-server (pid {running.child.pid})")
-            code = running.child.stop()
+            code = running.stop()
             ui.ok(f"llama-server stopped (exit code {code})")
             return 0
 
@@ -350,9 +522,10 @@ def ready_document(running: RunningServer) -> dict[str, Any]:
     doc["pid"] = running.child.pid
     doc["log"] = str(running.log)
     doc["ready_s"] = round(time.monotonic() - running.started, 2)
+    if running.proxy is not None:
+        doc["proxy_port"] = running.proxy.port
     return doc
 
 
 def dumps(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, indent=2)
-

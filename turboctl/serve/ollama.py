@@ -558,7 +558,8 @@ def _error_middleware(api_key: str | None) -> Any:
     return middleware
 
 
-def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | None = None) -> web.Application:
+def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | None = None,
+             router: bool = False) -> web.Application:
     """The Ollama API (and /v1 passed through) for the llama-server at ``upstream``."""
     by_name: dict[str, ServedModel] = {}
     for m in models:
@@ -607,6 +608,10 @@ class ProxyHandle:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self, timeout: float = 10) -> None:
         if self._thread.is_alive():

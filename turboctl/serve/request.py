@@ -5,22 +5,27 @@ anything starts."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .. import preflight, proc
+from ..build import manifest
 from ..errors import ModelError, UsageError
 from ..kv.layout import layout_from_metadata
 from ..kv.recipe import parse_recipe
 from ..models import fetch
 from ..models.gguf import inspect_model, model_info_from_metadata, read_metadata
-from ..paths import Paths
+from ..paths import Paths, write_text_atomic
 from ..ui import UI
 from . import fit as fit_mod
 from . import launch
+from . import router as router_mod
 from .command import ServeSettings
 from .profile import Profile, check_profile_args
+from .router import RouterPlan
 from .whatif import n_ctx_train_of
 
 DEFAULT_KV = "turbo4"
@@ -43,6 +48,13 @@ class ServeRequest:
     offline: bool = False
     dry_run: bool = False
     max_memory: str | None = None
+    direct: bool = False
+    ollama: bool = False
+    member: bool = False  # one model of a router: where it listens and its key are the router's
+
+
+OLLAMA_PORT = 11434
+"""Ollama's default port (``--ollama``): its clients look there unless told otherwise."""
 
 
 def api_key(req: ServeRequest, env: dict[str, str] | None = None) -> str | None:
@@ -93,16 +105,16 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     m = launch.ensure_build(paths, ui, no_build=req.no_build, dry_run=req.dry_run)
     recipe = parse_recipe(req.kv if req.kv is not None else (prof.kv.recipe_text() if prof else DEFAULT_KV))
     server = prof.server if prof else None
-    host = req.host or (server.host if server else "127.0.0.1")
-    port = req.port if req.port is not None else (server.port if server else 8080)
+    host, port = endpoint(req, server)
     parallel = req.parallel if req.parallel is not None else (server.parallel if server else 1)
     if not 1 <= port <= 65535:
         raise UsageError(f"--port {port}: expected 1..65535")
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: expected at least 1")
     extra = tuple(server.args) if server else ()
-    key = api_key(req)
-    launch.check_security(host, key, insecure=req.insecure_no_api_key, ui=ui)
+    key = api_key(req) if not req.member else None
+    if not req.member:
+        launch.check_security(host, key, insecure=req.insecure_no_api_key, ui=ui)
     binary = launch.server_binary(m) if m is not None else paths.build / "<not built yet>" / launch.SERVER
     if m is not None and prof is not None and extra:
         check_profile_args(prof, proc.capture([binary, "--help"]) or "")
@@ -134,18 +146,85 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         notes.append(context_source)
     else:
         context = wanted
-    if not req.dry_run:
-        launch.check_port(host, port)
+    front: launch.Front | None = None
+    if not req.direct and not req.member:
+        # the Ollama API (and everything llama-server answers) on the endpoint; llama-server
+        # itself on a loopback port behind it
+        front = launch.Front(host, port)
+        host, port = "127.0.0.1", 0
+    if not req.dry_run and not req.member:
+        launch.check_port(front.host if front else host, front.port if front else port)
+        if front is not None:
+            port = launch.free_loopback_port()
     settings = ServeSettings(
         model=model or Path("<model not downloaded yet>"), recipe=recipe, context=context, host=host, port=port,
         parallel=parallel, batch_size=server.batch_size if server else None,
-        alias=(prof.model.name or prof.name) if prof else None,
+        alias=(prof.model.name or prof.name) if prof else (model.stem if model is not None else None),
         generation_args=tuple(prof.generation.llama_args()) if prof else (),
         extra_args=extra, environment=dict(prof.environment) if prof else {}, api_key=key)
     if prof is not None:
         notes.extend(prof.notes)
     return launch.make_serve_plan(settings, binary, plan=plan, info=info, context_source=context_source,
-                                  budget=budget_text, projection=projection, notes=tuple(notes))
+                                  budget=budget_text, projection=projection, notes=tuple(notes), front=front,
+                                  backend=m.backend if m is not None else "cpu")
+
+
+def endpoint(req: ServeRequest, server: Any) -> tuple[str, int]:
+    """Where clients connect: ``--host``/``--port``, else the profile's, else 127.0.0.1:8080;
+    ``--ollama``: Ollama's port on loopback (``--host`` still wins for the address)."""
+    if req.ollama:
+        if req.direct:
+            raise UsageError("--ollama serves the Ollama API on its port: it cannot be combined with --direct")
+        if req.port is not None and req.port != OLLAMA_PORT:
+            raise UsageError(f"--ollama listens on Ollama's port {OLLAMA_PORT}: drop --port {req.port}, or drop "
+                             "--ollama and keep --port")
+        return req.host or "127.0.0.1", OLLAMA_PORT
+    host = req.host or (server.host if server else "127.0.0.1")
+    port = req.port if req.port is not None else (server.port if server else 8080)
+    return host, port
+
+
+def prepare_router(req: ServeRequest, profiles: Sequence[Profile], paths: Paths, ui: UI) -> RouterPlan:
+    """Several profiles on one endpoint (llama-server's router mode): each profile's own plan
+    (model, recipe, context, slots, arguments; fitted alone), then the router in front of them."""
+    if req.model is not None or req.kv is not None or req.context is not None or req.parallel is not None:
+        raise UsageError("with several profiles, --model, --kv, --ctx and --parallel do not apply: each model "
+                         "keeps its own profile's settings", hint="set them in each profile")
+    plans = [prepare(replace(req, profile=prof, member=True), paths, ui) for prof in profiles]
+    first = profiles[0].server
+    host, port = endpoint(req, first)
+    key = _router_key(req, profiles)
+    launch.check_security(host, key, insecure=req.insecure_no_api_key, ui=ui)
+    front = None if req.direct else launch.Front(host, port)
+    if not req.dry_run:
+        launch.check_port(host, port)
+    listen_host, listen_port = ("127.0.0.1", 0) if front else (host, port)
+    if front is not None and not req.dry_run:
+        listen_port = launch.free_loopback_port()
+    proj = next((p.projection for p in plans if p.projection), None)
+    m = manifest.load_current(paths)
+    binary = (launch.server_binary(m) if m is not None and not req.dry_run else plans[0].argv[0])
+    preset = (paths.logs / f"router-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.ini")
+    plan = router_mod.make_plan(plans, Path(binary), host=listen_host, port=listen_port, api_key=key,
+                                preset_path=preset, budget=plans[0].budget,
+                                budget_bytes=int(proj["budget"]) if proj else None, front=front,
+                                notes=[n for p in plans for n in p.notes])
+    if not req.dry_run:
+        paths.ensure()
+        write_text_atomic(preset, plan.preset)
+    return plan
+
+
+def _router_key(req: ServeRequest, profiles: Sequence[Profile]) -> str | None:
+    """One key for the endpoint: ``--api-key-file``, else the profiles' key (all that set one
+    must agree)."""
+    if req.api_key_file is not None:
+        return launch.read_key_file(req.api_key_file)
+    keys = {prof.name: k for prof in profiles if (k := api_key(replace(req, profile=prof))) is not None}
+    if len(set(keys.values())) > 1:
+        raise UsageError(f"profiles {', '.join(sorted(keys))} set different API keys; one endpoint has one key",
+                         hint="give the same key to each, or pass --api-key-file FILE")
+    return next(iter(keys.values()), None)
 
 
 def preview(profile: Profile, paths: Paths, *, json_mode: bool = False) -> launch.ServePlan:

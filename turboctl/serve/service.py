@@ -28,7 +28,6 @@ import platform
 import plistlib
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from ..errors import (
     ToolMissing,
     UsageError,
 )
-from ..paths import ENV_HOME, Paths
+from ..paths import ENV_HOME, Paths, write_text_atomic
 
 SCHEMA = "turboctl.service/1"
 
@@ -426,23 +425,6 @@ def uninstall_steps(f: ServiceFile, host: Host, existed: bool) -> list[Step]:
         Step("remove", (str(f.path),), "delete the unit file"),
         Step("run", ("systemctl", "--user", "daemon-reload"), "make systemd forget the unit"),
     ]
-
-
-def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Readers (launchd, systemd) see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        # launchd ignores agents that are group- or world-writable
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _failure_hint(f: ServiceFile, action: str, output: str) -> str:
