@@ -110,3 +110,25 @@ class Serve:
         if psutil.pid_exists(self.server_pid):
             status = psutil.Process(self.server_pid).status()
             raise AssertionError(f"llama-server pid {self.server_pid} still exists ({status}) after turboctl stopped")
+
+
+def smollm2(home: Path) -> Path:
+    """SmolLM2-135M-Instruct the project's way: the smollm2-demo profile's source, fetched and
+    verified into the test home's cache (once)."""
+    from turboctl.models import fetch
+    from turboctl.paths import Paths
+    from turboctl.serve.catalog import find_profile
+    from turboctl.ui import UI
+
+    return fetch.resolve_model(find_profile("smollm2-demo").model, Paths(home), UI(quiet=True)).path
+
+
+def write_profile(path: Path, name: str, model: Path, kv: str, *, context: int, parallel: int = 1) -> Path:
+    """A profile file serving ``model`` as ``name`` with the recipe ``kv`` (K/V;rules form)."""
+    types, _, rules = kv.partition(";")
+    k, _, v = types.partition("/")
+    lines = [f"name: {name}", f"model: {{name: {name}, path: {model}}}",
+             f"kv: {{k: {k}" + (f", v: {v}" if v else "") + (f", layers: '{rules}'" if rules else "") + "}",
+             f"context: {context}", f"server: {{parallel: {parallel}, args: ['--no-repack']}}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -15,8 +15,10 @@ from ..paths import get_paths
 from ..preflight import current_build
 from ..serve import catalog
 from ..serve import fit as fit_logic
+from ..serve import router as router_logic
 from ..serve import whatif as whatif_logic
 from ..serve.command import parse_context
+from ..serve.profile import Profile
 from ..ui import UI
 from .common import JsonOpt, handle_errors, start
 
@@ -30,9 +32,9 @@ def current_probe() -> doctor_logic.Probe:
 
 def print_what_if(ui: UI, model: Path, recipe: Recipe | None, context: int | Literal["auto"], *,
                   parallel: int = 1, batch_size: int | None = None, extra_args: tuple[str, ...] = (),
-                  env: dict[str, str] | None = None, json_out: bool = False) -> dict[str, Any]:
+                  env: dict[str, str] | None = None, json_out: bool = False, emit: bool = True) -> dict[str, Any]:
     """The what-if table for a model (``--model``) or a profile's model and recipe (``--profile``,
-    wired by the caller): print it (or emit it as JSON) and return the report."""
+    wired by the caller): print it (or emit it as JSON unless ``emit`` is off) and return the report."""
     m = current_build(get_paths())
     meta = read_metadata(model)
     train = whatif_logic.n_ctx_train_of(meta)
@@ -41,7 +43,8 @@ def print_what_if(ui: UI, model: Path, recipe: Recipe | None, context: int | Lit
                                 batch_size=batch_size, extra_args=extra_args, env=env, meta=meta)
     doc = whatif_logic.report(model, context, budget, rows, n_ctx_train=train, parallel=parallel, backend=m.backend)
     if json_out:
-        ui.emit_json(doc)
+        if emit:
+            ui.emit_json(doc)
         return doc
     at = "largest that fits" if context == "auto" else f"at {context}"
     table = []
@@ -71,24 +74,21 @@ def doctor(
         "--kv", help="With --model: a KV recipe to add to the table (e.g. turbo4/turbo3;0..1+-2..-1=q8_0).")] = None,
     ctx: Annotated[str, typer.Option("--ctx", help="With --model: the context of the KV column (N or auto).")] = "auto",
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=256, help="With --model: server slots.")] = 1,
-    profile: Annotated[str | None, typer.Option(
+    profile: Annotated[list[str] | None, typer.Option(
         "--profile", help="A serving profile: the what-if table for its model, recipe, context and slots "
-                          "(the model must be local or downloaded already).", show_default=False)] = None,
+                          "(the model must be local or downloaded already); twice or more: also how many of "
+                          "them fit in memory at once on one endpoint.", show_default=False)] = None,
 ) -> None:
     """Check the OS, Metal / unified memory, toolchain, disk and the current build; with --model
     or --profile, what fits this machine."""
     ui = start(json_out)
-    if profile is not None:
+    if profile:
         if model is not None or kv is not None or ctx != "auto" or parallel != 1:
             raise UsageError("--profile takes the model, --kv, --ctx and --parallel from the profile")
-        prof = catalog.find_profile(profile)
-        local = fetch.local_model(prof.model, get_paths())
-        if local is None:
-            raise ModelError(f"profile {prof.name}: the model ({prof.model.describe()}) is not here yet",
-                             hint=f"turboctl serve --profile {prof.name} fetches and verifies it first")
-        print_what_if(ui, local, prof.kv.recipe(), prof.context, parallel=prof.server.parallel,
-                      batch_size=prof.server.batch_size, extra_args=tuple(prof.server.args),
-                      env=dict(prof.environment), json_out=json_out)
+        profiles = [catalog.find_profile(p) for p in profile]
+        docs = [_profile_what_if(ui, prof, json_out=json_out, emit=len(profiles) == 1) for prof in profiles]
+        if len(profiles) > 1:
+            _at_once(ui, [p.name for p in profiles], docs, json_out=json_out)
         return
     if model is None:
         if kv is not None or ctx != "auto" or parallel != 1:
@@ -97,6 +97,40 @@ def doctor(
         return
     print_what_if(ui, model, parse_recipe(kv) if kv else None, parse_context(ctx), parallel=parallel,
                   json_out=json_out)
+
+
+def _profile_what_if(ui: UI, prof: Profile, *, json_out: bool, emit: bool) -> dict[str, Any]:
+    local = fetch.local_model(prof.model, get_paths())
+    if local is None:
+        raise ModelError(f"profile {prof.name}: the model ({prof.model.describe()}) is not here yet",
+                         hint=f"turboctl serve --profile {prof.name} fetches and verifies it first")
+    return print_what_if(ui, local, prof.kv.recipe(), prof.context, parallel=prof.server.parallel,
+                         batch_size=prof.server.batch_size, extra_args=tuple(prof.server.args),
+                         env=dict(prof.environment), json_out=json_out, emit=emit)
+
+
+def _at_once(ui: UI, names: list[str], docs: list[dict[str, Any]], *, json_out: bool) -> None:
+    """Several profiles on one endpoint (serve's router mode): each one's recipe at its context,
+    and how many fit in memory together (the rule serve uses for --models-max)."""
+    budget = int(docs[0]["budget"]["bytes"])
+    rows = []
+    for name, doc in zip(names, docs, strict=True):
+        given = next(r for r in doc["rows"] if r["given"])
+        rows.append({"profile": name, "kv": given["recipe"], "context": given["context"],
+                     "total_bytes": given["total_bytes"], "why_not": given["skipped"]})
+    totals = [r["total_bytes"] for r in rows if r["total_bytes"] is not None]
+    n = router_logic.at_once(totals, budget) if len(totals) == len(rows) else 0
+    if json_out:
+        ui.emit_json({"schema": "turboctl.whatif.several/1", "profiles": docs, "together": rows,
+                      "at_once": n, "budget_bytes": budget})
+        return
+    ui.table(f"one endpoint, {len(rows)} profiles: budget {fit_logic.human(budget)}",
+             ["profile", "KV", "context", "total"],
+             [[r["profile"], r["kv"], str(r["context"]),
+               fit_logic.human(r["total_bytes"]) if r["total_bytes"] is not None else f"- ({r['why_not']})"]
+              for r in rows])
+    ui.info(f"at once: {n} of {len(rows)} (turboctl serve loads that many at the start; a request for another "
+            "model unloads the least recently used one first)")
 
 
 def _checks(ui: UI, json_out: bool) -> None:

@@ -138,11 +138,28 @@ def check_port(host: str, port: int) -> None:
             s.bind((bind_host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(f"{host}:{port} is already in use",
-                                hint="stop what listens there, or pick another port (--port N)") from None
+                raise port_in_use(host, port) from None
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise UsageError(f"--host {host}: not an address of this machine") from None
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def port_in_use(host: str, port: int) -> PortInUse:
+    """PortInUse naming what holds the port when it answers like Ollama or like turboctl."""
+    found = ollama_mod.probe({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
+    where = f"{host}:{port}"
+    if found is not None and found.kind == "ollama":
+        version = f" {found.version}" if found.version else ""
+        return PortInUse(
+            f"{where} is already in use by an Ollama server{version}",
+            hint="quit Ollama first (macOS: Quit Ollama in its menu-bar icon, or brew services stop ollama; "
+                 "Linux: sudo systemctl stop ollama), or serve on another port (--port N) and point the "
+                 "clients at it (OLLAMA_HOST=127.0.0.1:N)")
+    if found is not None and found.kind == "turboctl":
+        return PortInUse(f"{where} is already in use by another turboctl serve",
+                         hint="stop it first (Ctrl-C where it runs; a login service: turboctl service uninstall "
+                              "--profile NAME), or pick another port (--port N)")
+    return PortInUse(f"{where} is already in use", hint="stop what listens there, or pick another port (--port N)")
 
 
 # --------------------------------------------------------------------------- the plan
@@ -438,8 +455,7 @@ def _start_proxy(running: RunningServer) -> None:
         running.proxy = ollama_mod.run_proxy(app, p.front.host, p.front.port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(f"{p.front.endpoint} was taken while llama-server started",
-                            hint="stop what listens there, or pick another port (--port N)") from None
+            raise port_in_use(p.front.host, p.front.port) from None
         raise UsageError(f"cannot listen on {p.front.endpoint}: {exc.strerror or exc}") from None
 
 
