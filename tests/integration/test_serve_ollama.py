@@ -164,3 +164,12 @@ def test_ollama_port_and_who_holds_it(profiles: tuple[Path, Path]) -> None:
         assert second.returncode == 19, second.stderr
         assert f"127.0.0.1:{OLLAMA_PORT} is already in use by another turboctl serve" in second.stderr
         assert s.stop() == 0
+
+
+def test_doctor_what_if_for_several_profiles_is_what_serve_used(router: Serve, profiles: tuple[Path, Path]) -> None:
+    res = run_turboctl(slow_home(), "doctor", "--profile", str(profiles[0]), "--profile", str(profiles[1]), "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == "turboctl.whatif.several/1" and doc["at_once"] == router.doc["models_max"] == 2
+    assert [(r["kv"], r["context"], r["total_bytes"]) for r in doc["together"]] == [
+        (r["kv"], r["context"], r["total_bytes"]) for r in router.doc["fit"]]
