@@ -24,7 +24,7 @@ from turboctl.build import manifest
 from turboctl.models import fetch
 from turboctl.paths import Paths
 from turboctl.serve.catalog import find_profile
-from turboctl.serve.ollama import ProxyHandle, make_app, run_proxy, served_model
+from turboctl.serve.ollama import Probe, ProxyHandle, make_app, probe, run_proxy, served_model
 from turboctl.ui import UI
 
 from .conftest import slow_home
@@ -258,3 +258,8 @@ def test_llama_server_routes_on_the_proxy_port(stack: Stack) -> None:
                         "messages": [{"role": "user", "content": "What is the capital of France?"}]},
                         timeout=60).json()
     assert msg["type"] == "message" and re.search(r"\bParis\b", msg["content"][0]["text"]), msg
+
+
+def test_probe_tells_the_proxy_from_llama_server(stack: Stack) -> None:
+    assert probe("127.0.0.1", stack.proxy.port) == Probe("turboctl", turboctl.__version__)
+    assert probe("127.0.0.1", stack.server.port) == Probe("other", None)  # llama-server itself
