@@ -19,11 +19,12 @@ import openai
 import pytest
 import requests
 
+import turboctl
 from turboctl.build import manifest
 from turboctl.models import fetch
 from turboctl.paths import Paths
 from turboctl.serve.catalog import find_profile
-from turboctl.serve.ollama import ProxyHandle, make_app, run_proxy, served_model
+from turboctl.serve.ollama import Probe, ProxyHandle, make_app, probe, run_proxy, served_model
 from turboctl.ui import UI
 
 from .conftest import slow_home
@@ -227,3 +228,38 @@ def test_proxy_overhead(stack: Stack) -> None:
     print(f"[ollama proxy] streamed 128 tokens, median of 3: direct {med(rates['direct']):.1f} tok/s, "
           f"through /api/generate {med(rates['proxy']):.1f} tok/s")
     assert med(proxied) - med(direct) < 0.05  # far below a token's time on this CPU
+
+
+def test_llama_server_routes_on_the_proxy_port(stack: Stack) -> None:
+    """The endpoint is a superset of llama-server's: its own routes answer through the proxy as
+    they do directly, and every answer says it is turboctl's."""
+    px, direct = stack.proxy.url, stack.server.url
+    h = requests.get(f"{px}/health", timeout=30)
+    assert h.status_code == 200 and h.json() == requests.get(f"{direct}/health", timeout=30).json()
+    assert h.headers["X-Turboctl"] == turboctl.__version__
+    assert requests.head(f"{px}/", timeout=30).content == b""
+    props = requests.get(f"{px}/props", timeout=30).json()
+    assert props["default_generation_settings"]["n_ctx"] == CONTEXT
+    tok = requests.post(f"{px}/tokenize", json={"content": "Hello world"}, timeout=30).json()
+    assert tok == requests.post(f"{direct}/tokenize", json={"content": "Hello world"}, timeout=30).json()
+    text = requests.post(f"{px}/detokenize", json={"tokens": tok["tokens"]}, timeout=30).json()["content"]
+    assert text.strip() == "Hello world"
+    m_px, m_direct = requests.get(f"{px}/metrics", timeout=30), requests.get(f"{direct}/metrics", timeout=30)
+    assert (m_px.status_code, m_px.content) == (m_direct.status_code, m_direct.content)  # an error without --metrics
+    assert requests.get(f"{px}/slots", timeout=30).json()[0]["n_ctx"] > 0
+    done = requests.post(f"{px}/completion", json={"prompt": "1, 2, 3, 4, 5, 6,", "n_predict": 4,
+                         "temperature": 0}, timeout=60).json()
+    assert re.match(r"\s*7\b", done["content"]), done
+    streamed = requests.post(f"{px}/completion", json={"prompt": "1, 2, 3, 4, 5, 6,", "n_predict": 4,
+                             "temperature": 0, "stream": True}, stream=True, timeout=60)
+    pieces = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith(b"data: ")]
+    assert "".join(p["content"] for p in pieces) == done["content"] and pieces[-1]["stop"] is True
+    msg = requests.post(f"{px}/v1/messages", json={"model": ALIAS, "max_tokens": 32, "temperature": 0,
+                        "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+                        timeout=60).json()
+    assert msg["type"] == "message" and re.search(r"\bParis\b", msg["content"][0]["text"]), msg
+
+
+def test_probe_tells_the_proxy_from_llama_server(stack: Stack) -> None:
+    assert probe("127.0.0.1", stack.proxy.port) == Probe("turboctl", turboctl.__version__)
+    assert probe("127.0.0.1", stack.server.port) == Probe("other", None)  # llama-server itself

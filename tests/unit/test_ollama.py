@@ -3,7 +3,6 @@ real one (tests/data/ollama/, see the README there): routes, shapes, errors, opt
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -18,75 +17,16 @@ import requests
 from aiohttp import web
 
 from tests.fetchserver import loopback  # noqa: F401  (fixture)
+from tests.unit.ollamafakes import DATA, Upstream, client, free_port, served
 from turboctl.serve.ollama import (
     JSON_OBJECT_GRAMMAR,
     OLLAMA_VERSION,
     ProxyHandle,
-    ServedModel,
     make_app,
     run_proxy,
 )
 
 pytestmark = pytest.mark.usefixtures("loopback")
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "ollama"
-
-
-class Upstream:
-    """A stand-in llama-server: the recorded answers, and every request body it got."""
-
-    def __init__(self, props: dict[str, Any] | None = None, slow_stream: bool = False) -> None:
-        self.props = props if props is not None else json.loads((DATA / "props.json").read_text())
-        self.slow_stream = slow_stream
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.cancelled = asyncio.Event()
-        self.stream_cancelled = False
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/props", self.get_props)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.completion)
-        app.router.add_post("/v1/completions", self.completion)
-        return app
-
-    async def get_props(self, request: web.Request) -> web.Response:
-        return web.json_response(self.props)
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.Response(body=(DATA / "models.json").read_bytes(), content_type="application/json")
-
-    async def completion(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append((request.path, body))
-        if not isinstance(body.get("messages", []), list):
-            return web.Response(status=400, body=(DATA / "error-400.json").read_bytes(),
-                                content_type="application/json")
-        name = "chat" if request.path.endswith("chat/completions") else "completions"
-        if not body.get("stream"):
-            return web.Response(body=(DATA / f"{name}.json").read_bytes(), content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        try:
-            for event in (DATA / f"{name}.sse").read_bytes().split(b"\n\n"):
-                if event.strip():
-                    await resp.write(event + b"\n\n")
-                    if self.slow_stream:
-                        await asyncio.sleep(0.5)
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.stream_cancelled = True
-            raise
-        await resp.write_eof()
-        return resp
-
-
-def served(tmp_path: Path, **kw: Any) -> ServedModel:
-    f = tmp_path / "SmolLM2.gguf"
-    f.write_bytes(b"GGUF" + b"\0" * 60)
-    args: dict[str, Any] = {"name": "smollm2", "path": f, "arch": "llama", "context": 4096, "kv": "turbo4",
-                            "size_bytes": 150_000_000, "parameter_size": "135M", "quantization": "Q4_1"}
-    args.update(kw)
-    return ServedModel(**args)
 
 
 @pytest.fixture()
@@ -101,10 +41,6 @@ def proxy(tmp_path: Path, upstream: Upstream) -> Iterator[ProxyHandle]:
     yield px
     px.stop()
     up.stop()
-
-
-def client(px: ProxyHandle) -> ollama.Client:
-    return ollama.Client(host=px.url, timeout=30)
 
 
 def test_root_and_version(proxy: ProxyHandle) -> None:
@@ -262,7 +198,7 @@ def test_bad_json_body(proxy: ProxyHandle) -> None:
 
 
 def test_upstream_error_is_passed_as_ollama_error(tmp_path: Path) -> None:
-    px = run_proxy(make_app(f"http://127.0.0.1:{_free_port()}", [served(tmp_path)]), "127.0.0.1", 0)
+    px = run_proxy(make_app(f"http://127.0.0.1:{free_port()}", [served(tmp_path)]), "127.0.0.1", 0)
     try:
         r = requests.post(px.url + "/api/chat", json={"model": "smollm2", "messages": [{"role": "user",
                           "content": "x"}]}, timeout=10)
@@ -329,12 +265,6 @@ def test_run_proxy_port_taken(tmp_path: Path) -> None:
         s.listen()
         with pytest.raises(OSError):
             run_proxy(make_app("http://127.0.0.1:1", [served(tmp_path)]), "127.0.0.1", s.getsockname()[1])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ToolUpstream:

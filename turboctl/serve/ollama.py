@@ -4,7 +4,11 @@ llama-server b11312 speaks the OpenAI API and its own; upstream removed its few 
 and will not carry Ollama's. This proxy answers Ollama clients as they are and translates to
 llama-server's OpenAI routes (``/v1/chat/completions``, ``/v1/completions``): the request
 options to llama-server's sampling, the response to Ollama's NDJSON stream (or one object)
-with durations from llama-server's own ``timings``. ``/v1/*`` goes through unchanged.
+with durations from llama-server's own ``timings``. Every other path (``/v1/*``, ``/health``,
+``/props``, ``/slots``, ``/metrics``, ``/tokenize``, ``/completion``, ``/v1/messages``, ...) goes
+to llama-server unchanged, streamed, so the endpoint is a superset of llama-server's; only
+``GET``/``HEAD /`` ("Ollama is running") and ``/api/*`` are the proxy's own. Every answer
+carries the header ``X-Turboctl: <turboctl version>`` (see :func:`probe`).
 
 ``make_app(upstream, models)`` builds the application; ``run_proxy(app, host, port)`` serves it
 on a thread with its own event loop and returns a handle with ``.stop()``.
@@ -15,17 +19,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
+
+from turboctl import __version__
+
+#: The header on every answer of the proxy (its value: turboctl's version): a port that
+#: answers with it is served by turboctl.
+TURBOCTL_HEADER = "X-Turboctl"
+
+#: Paths llama-server answers without an API key; the proxy does the same (and for ``/``).
+PUBLIC_PATHS = frozenset({"/", "/health", "/v1/health"})
 
 #: The Ollama version /api/version reports: clients gate features on it (VS Code Copilot
 #: requires >= 0.6.4); the routes and fields answered here are those of Ollama 0.6.4+.
@@ -511,15 +526,25 @@ async def _embed(request: web.Request) -> web.Response:
     raise OllamaError(501, "embeddings are not supported by this endpoint yet")
 
 
-# --- /v1 passthrough --------------------------------------------------------------------------
+async def _api_unknown(request: web.Request) -> web.Response:
+    methods = API_ROUTES.get(request.path)
+    if methods is not None:
+        raise OllamaError(405, f"{request.method} {request.path}: method not allowed (use {' or '.join(methods)})")
+    raise OllamaError(404, f"{request.method} {request.path}: no such route")
+
+
+# --- everything else: llama-server's own routes, passed through ----------------------------
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding",
                "upgrade", "proxy-authorization", "te", "trailer"}
+# not asked of llama-server: the bytes are passed on as they come, uncompressed on loopback
+REQUEST_DROP = HOP_HEADERS | {"accept-encoding"}
 
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:
     url = f"{request.app[UPSTREAM_KEY]}{request.rel_url}"
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in REQUEST_DROP}
+    headers["Accept-Encoding"] = "identity"
     data = await request.read()
     try:
         upstream = await request.app[SESSION_KEY].request(request.method, url, headers=headers, data=data or None,
@@ -539,11 +564,18 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
 
 # --- the application --------------------------------------------------------------------------
 
+def _authorized(request: web.Request, api_key: str) -> bool:
+    if request.path in PUBLIC_PATHS or request.method == "OPTIONS":  # as llama-server (CORS preflight)
+        return True
+    if request.headers.get("Authorization", "") == f"Bearer {api_key}":
+        return True
+    return request.headers.get("X-Api-Key", "") == api_key  # Anthropic clients (/v1/messages)
+
+
 def _error_middleware(api_key: str | None) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if (api_key is not None and request.path != "/"
-                and request.headers.get("Authorization", "") != f"Bearer {api_key}"):
+        if api_key is not None and not _authorized(request, api_key):
             return web.json_response({"error": "unauthorized: send the API key as 'Authorization: Bearer KEY'"},
                                      status=401)
         try:
@@ -558,9 +590,19 @@ def _error_middleware(api_key: str | None) -> Any:
     return middleware
 
 
+async def _mark(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[TURBOCTL_HEADER] = __version__
+
+
+#: The proxy's own /api routes and their methods (anything else under /api/ is 404 or 405).
+API_ROUTES: dict[str, tuple[str, ...]] = {
+    "/api/version": ("GET",), "/api/tags": ("GET",), "/api/show": ("POST",), "/api/ps": ("GET",),
+    "/api/chat": ("POST",), "/api/generate": ("POST",), "/api/embed": ("POST",), "/api/embeddings": ("POST",)}
+
+
 def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | None = None,
              router: bool = False) -> web.Application:
-    """The Ollama API (and /v1 passed through) for the llama-server at ``upstream``."""
+    """The Ollama API for the llama-server at ``upstream``; every other path passed through."""
     by_name: dict[str, ServedModel] = {}
     for m in models:
         if m.name in by_name:
@@ -578,6 +620,7 @@ def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | Non
             yield
 
     app.cleanup_ctx.append(session_ctx)
+    app.on_response_prepare.append(_mark)
     app.router.add_get("/", _root)
     app.router.add_get("/api/version", _version)
     app.router.add_get("/api/tags", _tags)
@@ -590,7 +633,8 @@ def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | Non
     for route in MANAGEMENT_ROUTES:
         app.router.add_route("*", f"/api/{{route:{route}}}", _management)
         app.router.add_route("*", f"/api/{{route:{route}}}/{{rest:.*}}", _management)
-    app.router.add_route("*", "/v1/{tail:.*}", _passthrough)
+    app.router.add_route("*", "/api/{tail:.*}", _api_unknown)
+    app.router.add_route("*", "/{tail:.*}", _passthrough)
     return app
 
 
@@ -656,3 +700,60 @@ def run_proxy(app: web.Application, host: str, port: int) -> ProxyHandle:
         thread.join()
         raise box["error"]
     return ProxyHandle(thread, box["loop"], box["stop"], host, box["port"])
+
+
+
+# --- who holds a port -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Probe:
+    """What answers on a port: turboctl's proxy (``version``: turboctl's), an Ollama server
+    (``version``: the one its /api/version reports, None if only ``/`` said so) or something else."""
+
+    kind: Literal["turboctl", "ollama", "other"]
+    version: str | None = None
+
+
+def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, dict[str, str], bytes] | None:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Accept": "application/json, text/plain"})
+        resp = conn.getresponse()
+        body = resp.read(64 * 1024)
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def probe(host: str, port: int, timeout: float = 1.0) -> Probe | None:
+    """Who holds ``host:port``: None when nothing accepts a TCP connection there; otherwise
+    turboctl (the X-Turboctl header), Ollama (``GET /api/version`` answers ``{"version": ...}``,
+    or ``GET /`` says "Ollama is running") or "other". Each step waits at most ``timeout``
+    seconds; network trouble is an answer, never an exception."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError:
+        return None
+    got = _http_get(host, port, "/api/version", timeout)
+    if got is None:
+        return Probe("other")  # it accepts connections but does not speak HTTP (in time)
+    status, headers, body = got
+    if TURBOCTL_HEADER.lower() in headers:
+        return Probe("turboctl", headers[TURBOCTL_HEADER.lower()] or None)
+    if status == 200:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("version"), str):
+            return Probe("ollama", doc["version"])
+    root = _http_get(host, port, "/", timeout)
+    if root is not None:
+        if TURBOCTL_HEADER.lower() in root[1]:
+            return Probe("turboctl", root[1][TURBOCTL_HEADER.lower()] or None)
+        if root[0] == 200 and root[2].strip().startswith(b"Ollama is running"):
+            return Probe("ollama")
+    return Probe("other")
