@@ -357,3 +357,33 @@ def test_a_server_that_dies_after_start_is_an_error(tmp_path: Path) -> None:
         launch.serve_forever(p, tmp_path / "s.log", UI(quiet=True), lambda r: None, ready_timeout=30)
     assert err.value.message == "llama-server stopped unexpectedly (exit code 5)"
     assert err.value.exit_code == 22
+
+
+@pytest.mark.usefixtures("loopback")
+def test_a_taken_port_names_ollama_or_turboctl() -> None:
+    from aiohttp import web
+
+    from turboctl.serve import ollama
+
+    ollama_app = web.Application()
+
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.12.3"})
+
+    ollama_app.router.add_get("/api/version", version)
+    handle = ollama.run_proxy(ollama_app, "127.0.0.1", 0)
+    try:
+        with pytest.raises(PortInUse) as err:
+            launch.check_port("127.0.0.1", handle.port)
+    finally:
+        handle.stop()
+    assert err.value.message == f"127.0.0.1:{handle.port} is already in use by an Ollama server 0.12.3"
+    assert err.value.hint is not None and "brew services stop ollama" in err.value.hint
+    assert "sudo systemctl stop ollama" in err.value.hint and "OLLAMA_HOST=127.0.0.1:N" in err.value.hint
+    ours = ollama.run_proxy(ollama.make_app("http://127.0.0.1:9", []), "127.0.0.1", 0)
+    try:
+        with pytest.raises(PortInUse) as err:
+            launch.check_port("127.0.0.1", ours.port)
+    finally:
+        ours.stop()
+    assert err.value.message == f"127.0.0.1:{ours.port} is already in use by another turboctl serve"
