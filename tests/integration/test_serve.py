@@ -201,7 +201,12 @@ def test_dry_run_prints_the_exact_command(home: Path, tiny: Path, tmp_path: Path
     line = r.stdout.strip().splitlines()[-1]
     assert "LLAMA_ARG_REPACK=0 " in line and "llama-server --model" in line
     assert "-ctk turbo4 -ctv turbo3 --kv-layers 0..1+-2..-1=q8_0" in line
-    assert "-c 2048 -np 4 --kv-unified -fa on -ctk turbo4" in line and "--host 127.0.0.1 --port 18999" in line
+    assert "-c 2048 -np 4 --kv-unified -fa on -ctk turbo4" in line
+    # the Ollama API answers on the profile's port; llama-server is behind it on a loopback port
+    assert "--host 127.0.0.1 --port '<free loopback port>'" in line
+    assert "# turboctl answers on http://127.0.0.1:18999 (Ollama API; OpenAI and llama-server routes" in r.stdout
+    direct = run_turboctl(home, "serve", "--profile", str(prof), "--no-build", "--dry-run", "--direct")
+    assert "--host 127.0.0.1 --port 18999" in direct.stdout.strip().splitlines()[-1]
 
 
 # ------------------------------------------------------------------ errors before anything starts
