@@ -50,7 +50,8 @@ def show(
     plan = request.preview(profile, get_paths(), json_mode=ui.json_mode)
     shown = profile.model_copy(update={"context": plan.settings.context}) if plan.settings.context else profile
     view = catalog.build_view(shown, model_file=plan.settings.model if plan.settings.model.is_file() else None)
-    view = dataclasses.replace(view, profile=profile, fit=request.preview_fit(plan), command=shlex.split(plan.shown))
+    view = dataclasses.replace(view, profile=profile, fit=request.preview_fit(plan), command=shlex.split(plan.shown),
+                               extra={"endpoint": {"url": plan.endpoint, "ollama_api": plan.front is not None}})
     if json_out:
         ui.emit_json(catalog.view_json(view))
     else:

@@ -372,5 +372,10 @@ def render_view(view: ProfileView, ui: UI) -> None:
         ui.info("per-layer table: the model is not a local file yet (it is resolved when the profile is served)")
     if view.fit is not None:
         ui.kv("fit", [(str(k), str(v)) for k, v in view.fit.items()])
+    endpoint = view.extra.get("endpoint")
+    if isinstance(endpoint, dict):
+        apis = ("the Ollama API, the OpenAI API at /v1 and llama-server's routes (turboctl in front, "
+                "llama-server behind it on a loopback port)" if endpoint.get("ollama_api") else "llama-server itself")
+        ui.kv("endpoint", [("url", str(endpoint.get("url"))), ("answers", apis)])
     if view.command is not None:
         ui.command(view.command)
