@@ -6,11 +6,12 @@ it against llama-server directly (printed; run with ``-s`` to see the figures)."
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,3 +264,127 @@ def test_llama_server_routes_on_the_proxy_port(stack: Stack) -> None:
 def test_probe_tells_the_proxy_from_llama_server(stack: Stack) -> None:
     assert probe("127.0.0.1", stack.proxy.port) == Probe("turboctl", turboctl.__version__)
     assert probe("127.0.0.1", stack.server.port) == Probe("other", None)  # llama-server itself
+
+
+# --- router mode: two models by name, each with its own K/V types --------------------------
+
+ROUTED = {"smol-t4": "turbo4", "smol-t3": "turbo3"}
+
+
+@pytest.fixture(scope="module")
+def router_stack(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """llama-server in router mode from a preset: the same GGUF under two names, one with turbo4
+    K/V, one with turbo3; the proxy with router=True in front."""
+    model = demo_model()
+    tmp = tmp_path_factory.mktemp("ollama-router")
+    lines = ["version = 1", "[*]", "c = 2048", "fa = on", "no-repack = true", "t = 1", "np = 1", "lv = 4"]
+    for name, kv in ROUTED.items():
+        lines += [f"[{name}]", f"model = {model}", f"ctk = {kv}", f"ctv = {kv}"]
+    preset = tmp / "models.ini"
+    preset.write_text("\n".join(lines) + "\n")
+    args = ["--models-preset", str(preset), "--models-max", "2"]
+    with LlamaServer(str(llama_build.binary("llama-server")), args, tmp / "router.log") as srv:
+        sms = [served_model(name, model, context=2048, kv=kv, size_bytes=model.stat().st_size)
+               for name, kv in ROUTED.items()]
+        px = run_proxy(make_app(srv.url, sms, router=True), "127.0.0.1", 0)
+        try:
+            yield Stack(srv, px)
+        finally:
+            px.stop()
+    srv.assert_clean_exit()
+
+
+def _child_kv(log: str) -> dict[str, set[str]]:
+    """From the router's log: the K/V types each model's instance logged (its lines carry the
+    instance's port)."""
+    ports = dict(re.findall(r"spawning server instance with name=(\S+) on port (\d+)", log))
+    out: dict[str, set[str]] = {}
+    for name, port in ports.items():
+        out[name] = set(re.findall(rf"^\[{port}\] .*llama_kv_cache: .*K \((\w+)\):.*V \((\w+)\)", log, re.M)[0])
+    return out
+
+
+def test_router_models_by_name_with_their_own_kv(router_stack: Stack) -> None:
+    c = client(router_stack)
+    assert sorted(m.model for m in c.list().models) == sorted(ROUTED)
+    assert c.ps().models == []  # nothing loaded yet
+    assert c.show("smol-t4").capabilities == ["completion"]  # not loaded: the served model's own
+    assert c.ps().models == []  # /api/show did not load it
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    answers = {}
+    for name in ROUTED:
+        r = c.chat(model=name, messages=q, options={"temperature": 0, "num_predict": 16})
+        assert r.done and r.eval_count and re.search(r"\bParis\b", r.message.content or ""), (name, r)
+        answers[name] = r.message.content
+        assert name in [m.model for m in c.ps().models]
+    streamed = "".join(p.message.content or "" for p in c.chat(model="smol-t3", messages=q, stream=True,
+                                                                options={"temperature": 0, "num_predict": 16}))
+    assert streamed == answers["smol-t3"]
+    assert sorted(m.model for m in c.ps().models) == sorted(ROUTED)
+    show = c.show("smol-t3")
+    assert show.capabilities == ["completion"] and show.template and "im_start" in show.template
+    assert _child_kv(router_stack.server.log()) == {name: {kv} for name, kv in ROUTED.items()}
+    with pytest.raises(ollama.ResponseError) as exc:
+        c.chat(model="smol-t2", messages=q)
+    assert exc.value.status_code == 404
+
+
+# --- embeddings: llama-server with --embeddings (and --pooling mean: SmolLM2 has no pooling type) ---
+
+
+@pytest.fixture(scope="module")
+def embed_stack(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    model = demo_model()
+    log = tmp_path_factory.mktemp("ollama-embed") / "llama-server.log"
+    args = ["-m", str(model), "-c", str(CONTEXT), "-np", "2", "--kv-unified", "-fa", "on", "-ctk", "turbo4",
+            "-ctv", "turbo4", "--no-repack", "--alias", ALIAS, "-t", "2", "--embeddings", "--pooling", "mean"]
+    with LlamaServer(str(llama_build.binary("llama-server")), args, log) as srv:
+        sm = served_model(ALIAS, model, context=CONTEXT, kv="turbo4", size_bytes=model.stat().st_size,
+                          embeddings=True)
+        px = run_proxy(make_app(srv.url, [sm]), "127.0.0.1", 0)
+        try:
+            yield Stack(srv, px)
+        finally:
+            px.stop()
+    srv.assert_clean_exit()
+
+
+def _norm(v: Sequence[float]) -> float:
+    return math.sqrt(sum(x * x for x in v))
+
+
+def test_embed_with_the_official_client(embed_stack: Stack) -> None:
+    c = client(embed_stack)
+    one = c.embed(model=ALIAS, input="The capital of France is Paris.")
+    assert len(one.embeddings) == 1 and len(one.embeddings[0]) == 576  # SmolLM2-135M: n_embd 576
+    assert abs(_norm(one.embeddings[0]) - 1) < 1e-6  # llama-server normalises (L2), as Ollama does
+    assert one.prompt_eval_count and one.prompt_eval_count > 5
+    again = c.embed(model=ALIAS, input="The capital of France is Paris.")
+    assert list(again.embeddings[0]) == list(one.embeddings[0])  # same input, same vector
+    two = c.embed(model=ALIAS, input=["The capital of France is Paris.", "Bananas are yellow."])
+    assert len(two.embeddings) == 2 and two.embeddings[0] != two.embeddings[1]
+    assert max(abs(a - b) for a, b in zip(two.embeddings[0], one.embeddings[0], strict=True)) < 1e-4
+    cut = c.embed(model=ALIAS, input="The capital of France is Paris.", dimensions=32)
+    assert len(cut.embeddings[0]) == 32 and abs(_norm(cut.embeddings[0]) - 1) < 1e-6
+    legacy = c.embeddings(model=ALIAS, prompt="The capital of France is Paris.")
+    assert len(legacy.embedding) == 576 and _norm(legacy.embedding) > 2  # not normalised, as Ollama's legacy route
+    unit = [x / _norm(legacy.embedding) for x in legacy.embedding]
+    assert max(abs(a - b) for a, b in zip(unit, one.embeddings[0], strict=True)) < 1e-4
+
+
+def test_embed_truncates_a_long_input(embed_stack: Stack) -> None:
+    c = client(embed_stack)
+    long = "word " * 700  # 701 tokens: more than one ubatch (512), which mean pooling needs
+    r = c.embed(model=ALIAS, input=long)
+    assert len(r.embeddings[0]) == 576 and r.prompt_eval_count == 512
+    with pytest.raises(ollama.ResponseError) as exc:
+        c.embed(model=ALIAS, input=long, truncate=False)
+    assert exc.value.status_code == 400 and exc.value.error.startswith("the input length exceeds the context length")
+
+
+def test_embeddings_server_still_chats(embed_stack: Stack) -> None:
+    # b11312 with --embeddings serves completions too (older versions refused them)
+    r = client(embed_stack).chat(model=ALIAS, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                 options={"temperature": 0, "num_predict": 32})
+    assert re.search(r"\bParis\b", r.message.content or ""), r
+    assert client(embed_stack).show(ALIAS).capabilities == ["completion", "embedding"]

@@ -182,7 +182,8 @@ def test_num_ctx_above_the_served_context_is_refused(proxy: ProxyHandle, upstrea
     ("/api/create", {"model": "x"}, 501, "'create' is not supported"),
     ("/api/copy", {"source": "smollm2", "destination": "y"}, 501, "'copy' is not supported"),
     ("/api/push", {"model": "x"}, 501, "'push' is not supported"),
-    ("/api/embed", {"model": "smollm2", "input": "x"}, 501, "embeddings are not supported"),
+    ("/api/embed", {"model": "smollm2", "input": "x"}, 501, "model 'smollm2' is not served with embeddings"),
+    ("/api/embeddings", {"model": "smollm2", "prompt": "x"}, 501, 'server.args: ["--embeddings"]'),
     ("/api/nothing", {}, 404, "POST /api/nothing: no such route"),
 ])
 def test_errors_have_ollamas_body(proxy: ProxyHandle, route: str, body: dict[str, Any], status: int,

@@ -21,6 +21,8 @@ import contextlib
 import hashlib
 import http.client
 import json
+import math
+import re
 import socket
 import threading
 import time
@@ -74,7 +76,8 @@ class ServedModel:
 
     ``name`` is the alias clients send (``name:latest`` is accepted too); ``size_bytes`` the
     memory it takes when loaded (weights + KV + buffers: /api/ps ``size``); ``size_vram`` the
-    part of it in GPU memory."""
+    part of it in GPU memory; ``embeddings`` whether its llama-server runs with
+    ``--embeddings`` (then /api/embed answers)."""
 
     name: str
     path: Path
@@ -86,9 +89,11 @@ class ServedModel:
     quantization: str = ""
     capabilities: tuple[str, ...] = ("completion",)
     size_vram: int = 0
+    embeddings: bool = False
 
 
-def served_model(name: str, path: Path, *, context: int, kv: str, size_bytes: int, size_vram: int = 0) -> ServedModel:
+def served_model(name: str, path: Path, *, context: int, kv: str, size_bytes: int, size_vram: int = 0,
+                 embeddings: bool = False) -> ServedModel:
     """A ServedModel with the architecture, parameter size and quantization read from the GGUF."""
     from turboctl.models.gguf import read_metadata
 
@@ -106,7 +111,7 @@ def served_model(name: str, path: Path, *, context: int, kv: str, size_bytes: in
             quant = ""
     return ServedModel(name=name, path=path, arch=arch, context=context, kv=kv, size_bytes=size_bytes,
                        parameter_size=size_label if isinstance(size_label, str) else "", quantization=quant,
-                       size_vram=size_vram)
+                       size_vram=size_vram, embeddings=embeddings)
 
 
 class OllamaError(Exception):
@@ -156,6 +161,7 @@ MODELS_KEY = web.AppKey("models", dict)
 UPSTREAM_KEY = web.AppKey("upstream", str)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 STATE_KEY = web.AppKey("state", dict)
+ROUTER_KEY = web.AppKey("router", bool)
 
 
 def _lookup(app: web.Application, name: object) -> ServedModel:
@@ -204,27 +210,64 @@ async def _upstream_error(resp: aiohttp.ClientResponse) -> OllamaError:
     return OllamaError(resp.status, f"llama-server: {message}")
 
 
-async def _props(app: web.Application, request: web.Request) -> dict[str, Any]:
-    state: dict[str, Any] = app[STATE_KEY]
-    cached = state.get("props")
-    if isinstance(cached, dict):
-        return cached
+async def _props(app: web.Application, request: web.Request, m: ServedModel) -> dict[str, Any] | None:
+    """llama-server's /props for model ``m`` (None when it does not answer 200), cached once it
+    answered. In router mode ``GET /props?model=NAME&autoload=false``: the router answers for a
+    loaded model only and never loads one for this."""
+    cache: dict[str, dict[str, Any]] = app[STATE_KEY].setdefault("props", {})
+    if m.name in cache:
+        return cache[m.name]
+    url = f"{app[UPSTREAM_KEY]}/props"
+    params = {"model": m.name, "autoload": "false"} if app[ROUTER_KEY] else None
     try:
-        async with app[SESSION_KEY].get(f"{app[UPSTREAM_KEY]}/props", headers=_upstream_headers(request)) as resp:
+        async with app[SESSION_KEY].get(url, params=params, headers=_upstream_headers(request),
+                                        timeout=aiohttp.ClientTimeout(total=30)) as resp:
             if resp.status != 200:
-                return {}
+                return None
             doc = await resp.json(content_type=None)
-    except (aiohttp.ClientError, ValueError):
-        return {}
-    if isinstance(doc, dict):
-        state["props"] = doc
-        return doc
-    return {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    cache[m.name] = doc
+    return doc
 
 
-def _supports_tools(props: dict[str, Any]) -> bool:
-    caps = props.get("chat_template_caps")
-    return isinstance(caps, dict) and bool(caps.get("supports_tools"))
+def _capabilities(m: ServedModel, props: dict[str, Any] | None) -> list[str]:
+    """Ollama's capabilities of ``m``: its own, where llama-server's /props answered with
+    "tools" as the chat template's ``supports_tools`` says, and "embedding" where it serves
+    embeddings."""
+    caps = list(m.capabilities)
+    if props is not None:
+        caps = [c for c in caps if c != "tools"]
+        tmpl = props.get("chat_template_caps")
+        if "completion" in caps and isinstance(tmpl, dict) and tmpl.get("supports_tools"):
+            caps.append("tools")
+    if m.embeddings and "embedding" not in caps:
+        caps.append("embedding")
+    return caps
+
+
+async def _router_loaded(app: web.Application, request: web.Request) -> set[str]:
+    """The names of the models the router has loaded (``GET /models``: ``status.value``)."""
+    try:
+        async with app[SESSION_KEY].get(f"{app[UPSTREAM_KEY]}/models", headers=_upstream_headers(request),
+                                        timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            if resp.status != 200:
+                raise await _upstream_error(resp)
+            doc = await resp.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        raise OllamaError(502, f"llama-server at {app[UPSTREAM_KEY]} did not list its models: {exc}") from exc
+    loaded: set[str] = set()
+    entries = doc.get("data") if isinstance(doc, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        status = entry.get("status")
+        if isinstance(status, dict) and status.get("value") == "loaded":
+            names = [entry.get("id"), *(entry.get("aliases") or [])]
+            loaded.update(n for n in names if isinstance(n, str))
+    return loaded
 
 
 # --- the model routes -------------------------------------------------------------------------
@@ -247,12 +290,10 @@ async def _tags(request: web.Request) -> web.Response:
 async def _show(request: web.Request) -> web.Response:
     body = await _body(request)
     m = _lookup(request.app, body.get("model") or body.get("name"))
-    props = await _props(request.app, request)
-    caps = list(m.capabilities)
-    if "completion" in caps and "tools" not in caps and _supports_tools(props):
-        caps.append("tools")
+    props = await _props(request.app, request, m)
+    caps = _capabilities(m, props)
     info: dict[str, Any] = {"general.architecture": m.arch, f"{m.arch}.context_length": m.context}
-    template = props.get("chat_template")
+    template = (props or {}).get("chat_template")
     return web.json_response({
         "modelfile": f"# served by turboctl (llama-server) with KV {m.kv}, context {m.context}\nFROM {m.path}\n",
         "parameters": f"num_ctx {m.context}",
@@ -262,6 +303,9 @@ async def _show(request: web.Request) -> web.Response:
 
 async def _ps(request: web.Request) -> web.Response:
     models: dict[str, ServedModel] = request.app[MODELS_KEY]
+    if request.app[ROUTER_KEY]:
+        loaded = await _router_loaded(request.app, request)
+        models = {k: m for k, m in models.items() if m.name in loaded}
     expires = (datetime.now(timezone.utc) + timedelta(days=365 * 100)).isoformat().replace("+00:00", "Z")
     return web.json_response({"models": [
         {"name": m.name, "model": m.name, "size": m.size_bytes, "digest": _digest(m), "details": _details(m),
@@ -522,8 +566,139 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     return await _generate_like(request, chat=False)
 
 
+# --- embeddings -------------------------------------------------------------------------------
+
+# llama-server b11312's refusals of an embedding input that does not fit: one ubatch (pooling
+# mean/cls) or the slot's context; the number is the limit in tokens
+_TOO_LARGE = (re.compile(r"too large to process\. increase the physical batch size \(current batch size: (\d+)\)"),
+              re.compile(r"larger than the max context size \((\d+) tokens\)"),
+              re.compile(r"exceeds the available context size \((\d+) tokens\)"))
+
+
+def _embedding_model(app: web.Application, name: object) -> ServedModel:
+    m = _lookup(app, name)
+    if not m.embeddings:
+        raise OllamaError(501, f"model '{m.name}' is not served with embeddings: add \"--embeddings\" (and, for a "
+                          "model without a pooling type of its own, \"--pooling\", \"mean\") to its profile's "
+                          "server.args (server.args: [\"--embeddings\"]) and restart turboctl serve")
+    return m
+
+
+async def _post_json(request: web.Request, route: str, payload: dict[str, Any]) -> tuple[int, Any, str]:
+    """POST to llama-server: (status, JSON body or None, the error message when not 200)."""
+    try:
+        async with request.app[SESSION_KEY].post(f"{request.app[UPSTREAM_KEY]}{route}", json=payload,
+                                                 headers=_upstream_headers(request)) as resp:
+            if resp.status != 200:
+                return resp.status, None, (await _upstream_error(resp)).message
+            return 200, await resp.json(content_type=None), ""
+    except aiohttp.ClientError as exc:
+        raise OllamaError(502, f"llama-server at {request.app[UPSTREAM_KEY]} is not reachable: {exc}") from exc
+
+
+def _embedding_error(m: ServedModel, status: int, message: str) -> OllamaError:
+    if "Pooling type 'none'" in message:
+        return OllamaError(501, f"model '{m.name}' has no pooling type for embeddings (a generative model): add "
+                           "\"--pooling\", \"mean\" (or last, cls) to its profile's server.args next to "
+                           "\"--embeddings\" and restart turboctl serve")
+    return OllamaError(status, message)
+
+
+async def _truncated(request: web.Request, text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` tokens as llama-server counts them (its special tokens
+    included), through its own /tokenize and /detokenize."""
+    status, with_special, err = await _post_json(request, "/tokenize", {"content": text, "add_special": True})
+    if status != 200:
+        raise OllamaError(status, err)
+    status, plain, err = await _post_json(request, "/tokenize", {"content": text, "add_special": False})
+    if status != 200:
+        raise OllamaError(status, err)
+    tokens = plain.get("tokens") or []
+    keep = limit - max(0, len(with_special.get("tokens") or []) - len(tokens))
+    if len(tokens) <= keep:
+        return text
+    if keep <= 0:
+        raise OllamaError(400, "input after truncation exceeds maximum context length")
+    status, doc, err = await _post_json(request, "/detokenize", {"tokens": tokens[:keep]})
+    if status != 200:
+        raise OllamaError(status, err)
+    return str(doc.get("content") or "")
+
+
 async def _embed(request: web.Request) -> web.Response:
-    raise OllamaError(501, "embeddings are not supported by this endpoint yet")
+    """Ollama's /api/embed through llama-server's /v1/embeddings: L2-normalised vectors (as
+    Ollama's), ``dimensions`` cut and normalised again, an input too long for the server cut to
+    fit unless ``truncate`` is false."""
+    started = time.monotonic_ns()
+    body = await _body(request)
+    m = _embedding_model(request.app, body.get("model"))
+    raw = body.get("input")
+    if isinstance(raw, str):
+        inputs = [raw] if raw else []
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        inputs = list(raw)
+    elif raw is None:
+        inputs = []
+    else:
+        raise OllamaError(400, "invalid input type")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 0):
+        raise OllamaError(400, "dimensions must be a non-negative integer")
+    if not inputs:
+        return web.json_response({"model": m.name, "embeddings": []})
+    truncate = body.get("truncate") is not False
+    doc: Any = None
+    for attempt in range(4):
+        status, doc, err = await _post_json(request, "/v1/embeddings", {"model": m.name, "input": inputs,
+                                                                         "encoding_format": "float"})
+        if status == 200:
+            break
+        limit = next((int(x.group(1)) for x in (rx.search(err) for rx in _TOO_LARGE) if x), None)
+        if limit is None:
+            raise _embedding_error(m, status, err)
+        if not truncate:
+            raise OllamaError(400, f"the input length exceeds the context length ({err})")
+        if attempt == 3:
+            raise OllamaError(400, f"input exceeds maximum context length and cannot be truncated further ({err})")
+        # a text cut to N tokens may come back as N+1 when tokenized again: a margin per try
+        inputs = [await _truncated(request, text, limit - attempt) for text in inputs]
+    data = sorted(doc.get("data") or [], key=lambda d: int(d.get("index", 0)))
+    vectors: list[list[float]] = []
+    for d in data:
+        vec = [float(x) for x in d.get("embedding") or []]
+        if dims and dims < len(vec):
+            vec = vec[:dims]
+        vectors.append(_l2(vec))
+    usage = doc.get("usage") or {}
+    return web.json_response({"model": m.name, "embeddings": vectors,
+                              "total_duration": time.monotonic_ns() - started, "load_duration": 0,
+                              "prompt_eval_count": int(usage.get("prompt_tokens") or 0)})
+
+
+def _l2(vec: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vec))
+    if not math.isfinite(norm):
+        raise OllamaError(500, "embedding contains NaN or Inf values")
+    return [x / max(norm, 1e-12) for x in vec]
+
+
+async def _embeddings_legacy(request: web.Request) -> web.Response:
+    """Ollama's legacy /api/embeddings ({model, prompt} -> {embedding}): the vector as the model
+    gives it (not normalised, as Ollama's), one prompt, no truncation."""
+    body = await _body(request)
+    m = _embedding_model(request.app, body.get("model"))
+    prompt = body.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise OllamaError(400, "prompt must be a string")
+    if not prompt:
+        return web.json_response({"embedding": []})
+    status, doc, err = await _post_json(request, "/v1/embeddings", {"model": m.name, "input": prompt,
+                                                                     "encoding_format": "float",
+                                                                     "embd_normalize": -1})
+    if status != 200:
+        raise _embedding_error(m, 500 if status >= 500 else status, err)
+    data = doc.get("data") or [{}]
+    return web.json_response({"embedding": [float(x) for x in data[0].get("embedding") or []]})
 
 
 async def _api_unknown(request: web.Request) -> web.Response:
@@ -602,7 +777,11 @@ API_ROUTES: dict[str, tuple[str, ...]] = {
 
 def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | None = None,
              router: bool = False) -> web.Application:
-    """The Ollama API for the llama-server at ``upstream``; every other path passed through."""
+    """The Ollama API for the llama-server at ``upstream``; every other path passed through.
+
+    ``router``: llama-server runs in router mode (no ``-m``, ``--models-preset``) and serves
+    each ServedModel under its ``name`` (the preset's section): requests name it in ``model``,
+    /api/show asks /props of that model without loading it, /api/ps lists the loaded ones."""
     by_name: dict[str, ServedModel] = {}
     for m in models:
         if m.name in by_name:
@@ -612,6 +791,7 @@ def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | Non
     app[MODELS_KEY] = by_name
     app[UPSTREAM_KEY] = upstream.rstrip("/")
     app[STATE_KEY] = {}
+    app[ROUTER_KEY] = router
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
@@ -629,7 +809,7 @@ def make_app(upstream: str, models: Sequence[ServedModel], *, api_key: str | Non
     app.router.add_post("/api/chat", _chat)
     app.router.add_post("/api/generate", _generate)
     app.router.add_post("/api/embed", _embed)
-    app.router.add_post("/api/embeddings", _embed)
+    app.router.add_post("/api/embeddings", _embeddings_legacy)
     for route in MANAGEMENT_ROUTES:
         app.router.add_route("*", f"/api/{{route:{route}}}", _management)
         app.router.add_route("*", f"/api/{{route:{route}}}/{{rest:.*}}", _management)

@@ -1,8 +1,10 @@
 """Record llama-server's answers that the Ollama proxy's unit tests replay.
 
-Usage: python tests/data/ollama/record.py URL   (URL of a running llama-server, e.g.
-http://127.0.0.1:8080, serving SmolLM2-135M-Instruct under the alias ``smollm2``).
-Writes the files next to this script; see README.md here for the server command."""
+Usage: python tests/data/ollama/record.py URL [WHAT]   (URL of a running llama-server, e.g.
+http://127.0.0.1:8080, serving SmolLM2-135M-Instruct under the alias ``smollm2``; WHAT is what
+that server was started for: ``chat`` (the default), ``embeddings`` (``--embeddings --pooling
+mean``), ``no-pooling`` (``--embeddings`` alone) or ``no-embeddings`` (neither)).
+Writes the files next to this script; see README.md here for the server commands."""
 
 from __future__ import annotations
 
@@ -34,6 +36,25 @@ def get(url: str) -> bytes:
         return data
 
 
+EMBED = {"model": "smollm2", "input": ["hello", "The capital of France is Paris."], "encoding_format": "float"}
+LEGACY = {"model": "smollm2", "input": "hello", "encoding_format": "float", "embd_normalize": -1}
+TOO_LONG = {"model": "smollm2", "input": "word " * 700, "encoding_format": "float"}
+
+
+def embeddings(base: str) -> None:
+    for name, body, expect in [("embeddings", EMBED, 200), ("embeddings-raw", LEGACY, 200),
+                               ("error-embd-too-large", TOO_LONG, 500)]:
+        status, raw = post(f"{base}/v1/embeddings", body)
+        assert status == expect, (status, raw)
+        (HERE / f"{name}.json").write_text(raw.decode() + "\n")
+
+
+def embeddings_refused(base: str, name: str, expect: int) -> None:
+    status, raw = post(f"{base}/v1/embeddings", EMBED)
+    assert status == expect, (status, raw)
+    (HERE / f"{name}.json").write_text(raw.decode() + "\n")
+
+
 def main(base: str) -> None:
     props = json.loads(get(f"{base}/props"))
     props["model_path"] = "model.gguf"  # the recording machine's path is of no use to the tests
@@ -52,4 +73,14 @@ def main(base: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].rstrip("/"))
+    url, what = sys.argv[1].rstrip("/"), (sys.argv[2] if len(sys.argv) > 2 else "chat")
+    if what == "chat":
+        main(url)
+    elif what == "embeddings":
+        embeddings(url)
+    elif what == "no-pooling":
+        embeddings_refused(url, "error-embd-pooling-none", 400)
+    elif what == "no-embeddings":
+        embeddings_refused(url, "error-embd-off", 501)
+    else:
+        sys.exit(f"unknown WHAT {what!r}: chat, embeddings, no-pooling or no-embeddings")
