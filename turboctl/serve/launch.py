@@ -442,7 +442,8 @@ def served_models(p: Startable) -> list[ollama_mod.ServedModel]:
         total = int(sp.projection["total"]) if sp.projection else s.model.stat().st_size
         out.append(ollama_mod.served_model(
             sp.name, s.model, context=s.context, kv=s.recipe.label, size_bytes=total,
-            size_vram=total if sp.backend in ("metal", "cuda") else 0))
+            size_vram=total if sp.backend in ("metal", "cuda") else 0,
+            embeddings=bool({"--embedding", "--embeddings"} & set(s.extra_args))))
     return out
 
 
