@@ -359,6 +359,19 @@ def test_a_server_that_dies_after_start_is_an_error(tmp_path: Path) -> None:
     assert err.value.exit_code == 22
 
 
+def _holder_error(app: Any) -> tuple[PortInUse, int]:
+    """The PortInUse of check_port while ``app`` listens on a loopback port."""
+    from turboctl.serve import ollama
+
+    handle = ollama.run_proxy(app, "127.0.0.1", 0)
+    try:
+        with pytest.raises(PortInUse) as err:
+            launch.check_port("127.0.0.1", handle.port)
+    finally:
+        handle.stop()
+    return err.value, handle.port
+
+
 @pytest.mark.usefixtures("loopback")
 def test_a_taken_port_names_ollama_or_turboctl() -> None:
     from aiohttp import web
@@ -371,19 +384,9 @@ def test_a_taken_port_names_ollama_or_turboctl() -> None:
         return web.json_response({"version": "0.12.3"})
 
     ollama_app.router.add_get("/api/version", version)
-    handle = ollama.run_proxy(ollama_app, "127.0.0.1", 0)
-    try:
-        with pytest.raises(PortInUse) as err:
-            launch.check_port("127.0.0.1", handle.port)
-    finally:
-        handle.stop()
-    assert err.value.message == f"127.0.0.1:{handle.port} is already in use by an Ollama server 0.12.3"
-    assert err.value.hint is not None and "brew services stop ollama" in err.value.hint
-    assert "sudo systemctl stop ollama" in err.value.hint and "OLLAMA_HOST=127.0.0.1:N" in err.value.hint
-    ours = ollama.run_proxy(ollama.make_app("http://127.0.0.1:9", []), "127.0.0.1", 0)
-    try:
-        with pytest.raises(PortInUse) as err:
-            launch.check_port("127.0.0.1", ours.port)
-    finally:
-        ours.stop()
-    assert err.value.message == f"127.0.0.1:{ours.port} is already in use by another turboctl serve"
+    err, port = _holder_error(ollama_app)
+    assert err.message == f"127.0.0.1:{port} is already in use by an Ollama server 0.12.3"
+    assert err.hint is not None and "brew services stop ollama" in err.hint
+    assert "sudo systemctl stop ollama" in err.hint and "OLLAMA_HOST=127.0.0.1:N" in err.hint
+    err, port = _holder_error(ollama.make_app("http://127.0.0.1:9", []))
+    assert err.message == f"127.0.0.1:{port} is already in use by another turboctl serve"
