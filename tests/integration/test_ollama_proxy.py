@@ -453,3 +453,22 @@ def test_tool_call_with_the_official_client(tools_stack: Stack) -> None:
               {"role": "tool", "content": "rainy, 12 C", "tool_name": "get_weather"}]
     f = c.chat(model=ALIAS, messages=follow, tools=[WEATHER], options=opts)
     assert not f.message.tool_calls and re.search(r"\brain", f.message.content or ""), f.message
+
+
+def test_options_reach_llama_servers_sampler(stack: Stack) -> None:
+    """The mapped options as llama-server took them: its /slots shows the last task's params."""
+    opts = {"temperature": 0.3, "top_k": 17, "top_p": 0.8, "min_p": 0.04, "typical_p": 0.77, "repeat_penalty": 1.2,
+            "repeat_last_n": 33, "presence_penalty": 0.4, "frequency_penalty": 0.3, "mirostat": 2,
+            "mirostat_tau": 4.5, "mirostat_eta": 0.2, "num_keep": 5, "seed": 1234, "num_predict": 3,
+            "num_thread": 64, "tfs_z": 0.5, "frobnicate": 1}
+    r = client(stack).generate(model=ALIAS, prompt="Hello", options=opts)
+    assert r.eval_count == 3
+    params = [s.get("params", {}) for s in requests.get(f"{stack.server.url}/slots", timeout=30).json()
+              if s.get("params", {}).get("repeat_last_n") == 33]
+    assert len(params) == 1, "no slot ran the request"
+    got = params[0]
+    for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
+                 "presence_penalty", "frequency_penalty", "mirostat", "mirostat_tau", "mirostat_eta", "n_keep",
+                 "seed", "n_predict"):
+        want = opts[{"n_keep": "num_keep", "n_predict": "num_predict"}.get(name, name)]
+        assert got[name] == pytest.approx(want, rel=1e-6), name

@@ -146,9 +146,9 @@ def test_options_and_formats_are_mapped(proxy: ProxyHandle, upstream: Upstream) 
     c.chat(model="smollm2", messages=[{"role": "user", "content": "x"}], options=opts, format="json",
            keep_alive="5m", stream=False)
     body = upstream.requests[-1][1]
-    for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop"):
+    for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "mirostat"):
         assert body[k] == opts[k], k
-    assert body["max_tokens"] == 9 and "num_ctx" not in body and "mirostat" not in body and "keep_alive" not in body
+    assert body["max_tokens"] == 9 and "num_ctx" not in body and "keep_alive" not in body
     assert body["grammar"] == JSON_OBJECT_GRAMMAR
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     c.generate(model="smollm2", prompt="x", format=schema, options={"num_predict": -1}, stream=False)
@@ -174,7 +174,9 @@ def test_num_ctx_above_the_served_context_is_refused(proxy: ProxyHandle, upstrea
     ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "format": "yaml"}, 400,
      'format must be "json" or a JSON schema object'),
     ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "options": {"num_ctx": "x"}},
-     400, "options.num_ctx must be an integer"),
+     400, 'option "num_ctx" must be of type integer'),
+    ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "options": [1]},
+     400, "options must be a JSON object"),
     ("/api/chat", {"model": "smollm2", "messages": "hello"}, 400, "messages must be a list"),
     ("/api/show", {}, 400, "model is required"),
     ("/api/pull", {"model": "llama3"}, 501, "'pull' is not supported: turboctl serves the models of its profiles"),
