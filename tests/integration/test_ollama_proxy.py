@@ -472,3 +472,20 @@ def test_options_reach_llama_servers_sampler(stack: Stack) -> None:
                  "seed", "n_predict"):
         want = opts[{"n_keep": "num_keep", "n_predict": "num_predict"}.get(name, name)]
         assert got[name] == pytest.approx(want, rel=1e-6), name
+
+
+def test_router_load_and_unload_as_ollama(router_stack: Stack) -> None:
+    """Ollama's empty requests: load a model (the answer comes once it is loaded), unload it
+    with keep_alive 0 -- done by llama-server's router."""
+    c = client(router_stack)
+    for name in ROUTED:
+        assert c.generate(model=name, prompt="", keep_alive=0).done_reason == "unload"
+    assert c.ps().models == []
+    r = c.generate(model="smol-t3", prompt="")
+    assert r.done_reason == "load" and r.load_duration and r.load_duration > 0
+    assert [m.model for m in c.ps().models] == ["smol-t3"]  # loaded when the answer came
+    assert c.chat(model="smol-t3", messages=[], keep_alive="0s").done_reason == "unload"
+    deadline = time.monotonic() + 30
+    while c.ps().models:  # the router stops the instance (SIGTERM, then its stop-timeout)
+        assert time.monotonic() < deadline, c.ps()
+        time.sleep(0.2)

@@ -303,8 +303,9 @@ def _capabilities(m: ServedModel, props: dict[str, Any] | None) -> list[str]:
     return caps
 
 
-async def _router_loaded(app: web.Application, request: web.Request) -> set[str]:
-    """The names of the models the router has loaded (``GET /models``: ``status.value``)."""
+async def _router_status(app: web.Application, request: web.Request) -> dict[str, str]:
+    """Each model's status in the router (``GET /models``: ``status.value``), under its id and
+    its aliases."""
     try:
         async with app[SESSION_KEY].get(f"{app[UPSTREAM_KEY]}/models", headers=_upstream_headers(request),
                                         timeout=aiohttp.ClientTimeout(total=30)) as resp:
@@ -313,16 +314,23 @@ async def _router_loaded(app: web.Application, request: web.Request) -> set[str]
             doc = await resp.json(content_type=None)
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         raise OllamaError(502, f"llama-server at {app[UPSTREAM_KEY]} did not list its models: {exc}") from exc
-    loaded: set[str] = set()
+    out: dict[str, str] = {}
     entries = doc.get("data") if isinstance(doc, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict):
             continue
         status = entry.get("status")
-        if isinstance(status, dict) and status.get("value") == "loaded":
-            names = [entry.get("id"), *(entry.get("aliases") or [])]
-            loaded.update(n for n in names if isinstance(n, str))
-    return loaded
+        value = status.get("value") if isinstance(status, dict) else None
+        if isinstance(value, str):
+            for n in [entry.get("id"), *(entry.get("aliases") or [])]:
+                if isinstance(n, str):
+                    out[n] = value
+    return out
+
+
+async def _router_loaded(app: web.Application, request: web.Request) -> set[str]:
+    """The names of the models the router has loaded."""
+    return {n for n, value in (await _router_status(app, request)).items() if value == "loaded"}
 
 
 # --- the model routes -------------------------------------------------------------------------
@@ -534,6 +542,68 @@ async def _released(upstream: aiohttp.ClientResponse) -> AsyncIterator[None]:
     upstream.release()
 
 
+#: Router statuses of a model instance that still runs; how long an unload waits for it to stop.
+RUNNING = ("loaded", "loading", "sleeping")
+UNLOAD_WAIT_S = 30.0
+
+_GO_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h))+|[-+]?0")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _keep_alive_seconds(value: object) -> float | None:
+    """Ollama's keep_alive in seconds (a number of seconds or a Go duration such as "5m";
+    negative: forever), None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _GO_DURATION.fullmatch(value.strip()):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)", text)
+        return sign * sum(float(n) * _GO_UNITS[u] for n, u in parts)
+    raise OllamaError(400, f"keep_alive must be a number of seconds or a duration such as \"5m\", "
+                      f"not {json.dumps(value)[:40]}")
+
+
+async def _load_or_unload(request: web.Request, m: ServedModel, body: dict[str, Any],
+                          empty: dict[str, Any]) -> web.Response:
+    """An empty chat or generate request: Ollama loads the model, or unloads it when keep_alive
+    is 0. In router mode the router does (it waits for the load); one model served alone stays
+    loaded for as long as turboctl serves it."""
+    started = time.monotonic_ns()
+    unload = _keep_alive_seconds(body.get("keep_alive")) == 0
+    app = request.app
+    reason = "unload" if unload else "load"
+    if unload and not app[ROUTER_KEY]:
+        raise OllamaError(501, f"model '{m.name}' cannot be unloaded: it is the model turboctl serves and stays "
+                          "loaded until turboctl serve stops (serve several profiles to load and unload models "
+                          "on demand)")
+    if app[ROUTER_KEY]:
+        try:
+            if unload:
+                status, _, err = await _post_json(request, "/models/unload", {"model": m.name})
+                if status != 200 and "not running" not in err:
+                    raise OllamaError(status, err)
+                # the router answers at once and stops the instance (SIGTERM, then its
+                # stop-timeout): the answer waits until it is gone, so that /api/ps agrees
+                deadline = time.monotonic() + UNLOAD_WAIT_S
+                while (await _router_status(app, request)).get(m.name) in RUNNING and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+            else:
+                params = {"model": m.name, "autoload": "true"}  # the router answers once it is loaded
+                async with app[SESSION_KEY].get(f"{app[UPSTREAM_KEY]}/props", params=params,
+                                                headers=_upstream_headers(request)) as resp:
+                    if resp.status != 200:
+                        raise await _upstream_error(resp)
+        except aiohttp.ClientError as exc:
+            raise OllamaError(502, f"llama-server at {app[UPSTREAM_KEY]} is not reachable: {exc}") from exc
+    doc: dict[str, Any] = {"model": m.name, "created_at": _now(), **empty, "done": True, "done_reason": reason}
+    if app[ROUTER_KEY] and not unload:
+        doc["load_duration"] = doc["total_duration"] = time.monotonic_ns() - started
+    return web.json_response(doc)
+
+
 async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamResponse:
     started = time.monotonic()
     body = await _body(request)
@@ -547,9 +617,7 @@ async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamRespo
         if tools:
             payload["tools"] = tools
         if not payload["messages"]:
-            return web.json_response({"model": m.name, "created_at": _now(),
-                                      "message": {"role": "assistant", "content": ""},
-                                      "done": True, "done_reason": "load"})
+            return await _load_or_unload(request, m, body, {"message": {"role": "assistant", "content": ""}})
         route = "/v1/chat/completions"
     else:
         _no_images(body)
@@ -557,8 +625,7 @@ async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamRespo
         if not isinstance(prompt, str):
             raise OllamaError(400, "prompt must be a string")
         if not prompt:
-            return web.json_response({"model": m.name, "created_at": _now(), "response": "", "done": True,
-                                      "done_reason": "load"})
+            return await _load_or_unload(request, m, body, {"response": ""})
         raw = bool(body.get("raw"))
         if raw:
             payload["prompt"] = prompt
