@@ -750,13 +750,15 @@ def _embedding_error(m: ServedModel, status: int, message: str) -> OllamaError:
     return OllamaError(status, message)
 
 
-async def _truncated(request: web.Request, text: str, limit: int) -> str:
+async def _truncated(request: web.Request, m: ServedModel, text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` tokens as llama-server counts them (its special tokens
-    included), through its own /tokenize and /detokenize."""
-    status, with_special, err = await _post_json(request, "/tokenize", {"content": text, "add_special": True})
+    included), through its own /tokenize and /detokenize (``model``: the router routes by it)."""
+    status, with_special, err = await _post_json(request, "/tokenize", {"model": m.name, "content": text,
+                                                                         "add_special": True})
     if status != 200:
         raise OllamaError(status, err)
-    status, plain, err = await _post_json(request, "/tokenize", {"content": text, "add_special": False})
+    status, plain, err = await _post_json(request, "/tokenize", {"model": m.name, "content": text,
+                                                                  "add_special": False})
     if status != 200:
         raise OllamaError(status, err)
     tokens = plain.get("tokens") or []
@@ -765,7 +767,7 @@ async def _truncated(request: web.Request, text: str, limit: int) -> str:
         return text
     if keep <= 0:
         raise OllamaError(400, "input after truncation exceeds maximum context length")
-    status, doc, err = await _post_json(request, "/detokenize", {"tokens": tokens[:keep]})
+    status, doc, err = await _post_json(request, "/detokenize", {"model": m.name, "tokens": tokens[:keep]})
     if status != 200:
         raise OllamaError(status, err)
     return str(doc.get("content") or "")
@@ -807,7 +809,7 @@ async def _embed(request: web.Request) -> web.Response:
         if attempt == 3:
             raise OllamaError(400, f"input exceeds maximum context length and cannot be truncated further ({err})")
         # a text cut to N tokens may come back as N+1 when tokenized again: a margin per try
-        inputs = [await _truncated(request, text, limit - attempt) for text in inputs]
+        inputs = [await _truncated(request, m, text, limit - attempt) for text in inputs]
     data = sorted(doc.get("data") or [], key=lambda d: int(d.get("index", 0)))
     vectors: list[list[float]] = []
     for d in data:
