@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import ollama
 import openai
@@ -146,9 +146,9 @@ def test_options_and_formats_are_mapped(proxy: ProxyHandle, upstream: Upstream) 
     c.chat(model="smollm2", messages=[{"role": "user", "content": "x"}], options=opts, format="json",
            keep_alive="5m", stream=False)
     body = upstream.requests[-1][1]
-    for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop"):
+    for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop", "mirostat"):
         assert body[k] == opts[k], k
-    assert body["max_tokens"] == 9 and "num_ctx" not in body and "mirostat" not in body and "keep_alive" not in body
+    assert body["max_tokens"] == 9 and "num_ctx" not in body and "keep_alive" not in body
     assert body["grammar"] == JSON_OBJECT_GRAMMAR
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     c.generate(model="smollm2", prompt="x", format=schema, options={"num_predict": -1}, stream=False)
@@ -174,7 +174,9 @@ def test_num_ctx_above_the_served_context_is_refused(proxy: ProxyHandle, upstrea
     ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "format": "yaml"}, 400,
      'format must be "json" or a JSON schema object'),
     ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "options": {"num_ctx": "x"}},
-     400, "options.num_ctx must be an integer"),
+     400, 'option "num_ctx" must be of type integer'),
+    ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "options": [1]},
+     400, "options must be a JSON object"),
     ("/api/chat", {"model": "smollm2", "messages": "hello"}, 400, "messages must be a list"),
     ("/api/show", {}, 400, "model is required"),
     ("/api/pull", {"model": "llama3"}, 501, "'pull' is not supported: turboctl serves the models of its profiles"),
@@ -269,12 +271,9 @@ def test_run_proxy_port_taken(tmp_path: Path) -> None:
 
 
 class ToolUpstream:
-    """A stand-in that answers with a tool call in the OpenAI shape llama-server uses (CONSTRUCTED,
-    not recorded: SmolLM2's template cannot call tools, so no recording exists yet). The
-    arguments arrive in pieces when streamed, as OpenAI-style servers send them."""
-
-    CALL: ClassVar[dict[str, Any]] = {"id": "c1", "type": "function",
-                                      "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    """A stand-in that replays llama-server's tool-call answers recorded with SmolLM2 and
+    tests/data/ollama/chatml-tools.jinja (chat-tools.json, chat-tools.sse: the arguments arrive
+    in pieces when streamed)."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -287,22 +286,13 @@ class ToolUpstream:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
-        timings = {"cache_n": 0, "prompt_n": 50, "prompt_ms": 10.0, "predicted_n": 12, "predicted_ms": 20.0}
         if not body.get("stream"):
-            return web.json_response({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": None, "tool_calls": [self.CALL]}}], "timings": timings})
+            return web.Response(body=(DATA / "chat-tools.json").read_bytes(), content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        fn = self.CALL["function"]
-        deltas = [{"tool_calls": [{"index": 0, "id": "c1", "type": "function",
-                                   "function": {"name": fn["name"], "arguments": ""}}]},
-                  {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
-                  {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}]
-        for d in deltas:
-            ev = {"choices": [{"index": 0, "finish_reason": None, "delta": d}]}
-            await resp.write(f"data: {json.dumps(ev)}\n\n".encode())
-        last = {"choices": [{"index": 0, "finish_reason": "tool_calls", "delta": {}}], "timings": timings}
-        await resp.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        for event in (DATA / "chat-tools.sse").read_bytes().split(b"\n\n"):
+            if event.strip():
+                await resp.write(event + b"\n\n")
         await resp.write_eof()
         return resp
 
@@ -324,7 +314,7 @@ def test_tool_calls_in_ollamas_shape(tmp_path: Path) -> None:
         parts = list(c.chat(model="smollm2", messages=q, tools=[tool], stream=True))
         calls = [tc for p in parts for tc in (p.message.tool_calls or [])]
         assert [(tc.function.name, tc.function.arguments) for tc in calls] == [("get_weather", {"city": "Paris"})]
-        assert parts[-1].done and parts[-1].eval_count == 12
+        assert parts[-1].done and parts[-1].eval_count == 32  # the recorded predicted_n
         # the call and its result go back in OpenAI's shape, the result tied to the call
         c.chat(model="smollm2", stream=False, messages=[*q, {"role": "assistant", "content": "",
                "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},

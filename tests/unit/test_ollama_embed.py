@@ -52,6 +52,7 @@ class Embedder:
         self.limit = limit
         self.message = message
         self.bodies: list[dict[str, Any]] = []
+        self.tokenized: list[dict[str, Any]] = []  # /tokenize and /detokenize bodies
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -93,10 +94,12 @@ class Embedder:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.tokenized.append(body)
         return web.json_response({"tokens": self.tokens(body["content"], bool(body.get("add_special")))})
 
     async def detokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.tokenized.append(body)
         return web.json_response({"content": " ".join(["w" * (t - 1) for t in body["tokens"]] + ["x"] * self.grow)})
 
 
@@ -189,6 +192,7 @@ def test_too_long_input_is_truncated(proxy: ProxyHandle, embedder: Embedder) -> 
     assert first["input"] == ["hello", long]
     assert second["input"][0] == "hello"  # short enough: unchanged
     assert len(Embedder.tokens(second["input"][1], True)) == embedder.limit  # cut to the limit, special token in
+    assert embedder.tokenized and all(b["model"] == "smollm2" for b in embedder.tokenized)  # a router routes by it
 
 
 @pytest.mark.parametrize("message", [

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ollama
 import pytest
 import requests
 from aiohttp import web
@@ -33,6 +34,7 @@ class Router:
         self.status = {name: "unloaded" for name in tools}
         self.tools = tools
         self.asked: list[tuple[str, dict[str, str]]] = []
+        self.stopping: dict[str, int] = {}  # an unloaded instance still listed as loaded this many times
         self.bodies: list[dict[str, Any]] = []
 
     def app(self) -> web.Application:
@@ -40,13 +42,30 @@ class Router:
         app.router.add_get("/models", self.models)
         app.router.add_get("/props", self.props)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/models/unload", self.unload)
         return app
+
+    async def unload(self, request: web.Request) -> web.Response:
+        name = (await request.json()).get("model", "")
+        self.asked.append((request.path, {"model": name}))
+        if name not in self.status:
+            return _err(400, "model is not found")
+        if self.status[name] not in ("loaded", "loading", "sleeping"):
+            return _err(400, "model is not running")
+        self.status[name] = "unloaded"
+        self.stopping[name] = 3  # the router answers at once; the instance takes a while to stop
+        return web.json_response({"success": True})
 
     async def models(self, request: web.Request) -> web.Response:
         self.asked.append((request.path, dict(request.query)))
+        shown = dict(self.status)
+        for name, left in self.stopping.items():
+            if left > 0:
+                shown[name] = "loaded"
+                self.stopping[name] = left - 1
         return web.json_response({"object": "list", "data": [
             {"id": name, "aliases": [f"{name}-alias"], "object": "model", "status": {"value": st, "args": []}}
-            for name, st in self.status.items()]})
+            for name, st in shown.items()]})
 
     async def props(self, request: web.Request) -> web.Response:
         self.asked.append((request.path, dict(request.query)))
@@ -175,3 +194,41 @@ def test_single_mode_falls_back_to_the_served_capabilities(tmp_path: Path) -> No
 def test_embedding_capability(tmp_path: Path) -> None:
     with serving(Router({"smollm2": False}).app(), [served(tmp_path, embeddings=True)], router=True) as px:
         assert client(px).show("smollm2").capabilities == ["completion", "embedding"]
+
+
+def test_empty_requests_load_and_unload_through_the_router(proxy: ProxyHandle, router: Router) -> None:
+    c = client(proxy)
+    r = c.generate(model="alpha", prompt="")
+    assert r.done and r.done_reason == "load" and r.load_duration is not None and r.load_duration > 0
+    assert router.status["alpha"] == "loaded" and router.asked[-1] == ("/props", {"model": "alpha",
+                                                                                  "autoload": "true"})
+    assert c.chat(model="beta", messages=[]).done_reason == "load" and router.status["beta"] == "loaded"
+    assert c.generate(model="alpha", prompt="", keep_alive=0).done_reason == "unload"
+    assert router.status["alpha"] == "unloaded" and ("/models/unload", {"model": "alpha"}) in router.asked
+    assert router.stopping["alpha"] == 0  # the answer waited until the instance was gone
+    assert [m.model for m in c.ps().models] == ["beta"]
+    assert c.generate(model="alpha", prompt="", keep_alive="0s").done_reason == "unload"  # not running: fine
+    assert c.chat(model="beta", messages=[], keep_alive="0m").done_reason == "unload"
+    assert router.status == {"alpha": "unloaded", "beta": "unloaded"}
+    assert c.generate(model="beta", prompt="", keep_alive="1h30m").done_reason == "load"
+    assert router.bodies == []  # nothing was generated
+
+
+def test_keep_alive_in_single_mode(tmp_path: Path) -> None:
+    from tests.unit.ollamafakes import Upstream
+
+    up = Upstream()
+    with serving(up.app(), [served(tmp_path)]) as px:
+        c = client(px)
+        assert c.generate(model="smollm2", prompt="", keep_alive="5m").done_reason == "load"
+        assert c.generate(model="smollm2", prompt="", keep_alive=-1).done_reason == "load"
+        with pytest.raises(ollama.ResponseError) as exc:
+            c.generate(model="smollm2", prompt="", keep_alive=0)
+        assert exc.value.status_code == 501
+        assert exc.value.error.startswith("model 'smollm2' cannot be unloaded: it is the model turboctl serves")
+        c.generate(model="smollm2", prompt="x", keep_alive=0, stream=False)  # a request with a prompt: answered
+        assert up.requests and "keep_alive" not in up.requests[-1][1]
+        r = requests.post(px.url + "/api/generate", json={"model": "smollm2", "prompt": "", "keep_alive": "soon"},
+                          timeout=10)
+        assert r.status_code == 400 and r.json()["error"].startswith("keep_alive must be a number of seconds or a "
+                                                                     'duration such as "5m"')

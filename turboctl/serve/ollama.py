@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import math
 import re
 import socket
@@ -52,9 +53,63 @@ OLLAMA_VERSION = "0.6.4"
 #: are refused (501) with a message saying what to do instead.
 MANAGEMENT_ROUTES = ("pull", "push", "create", "copy", "delete", "blobs")
 
-#: Ollama options mapped to llama-server's OpenAI-route fields (others are accepted and ignored).
-SAMPLING_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
-                    "repeat_penalty": "repeat_penalty", "seed": "seed", "stop": "stop"}
+#: Every option Ollama or its official clients know (``options`` of /api/chat and /api/generate),
+#: and what the proxy does with it: the llama-server field it is sent as (b11312's
+#: /v1/chat/completions and /v1/completions take them all), or why it is not sent. An option
+#: that is not here is ignored and logged once per name, as Ollama does ("invalid option provided").
+OPTIONS: dict[str, str] = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "repeat_penalty": "repeat_penalty",
+    "repeat_last_n": "repeat_last_n",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "seed": "seed",
+    "stop": "stop",
+    "num_predict": "max_tokens",
+    "num_keep": "n_keep",
+    "mirostat": "mirostat",
+    "mirostat_tau": "mirostat_tau",
+    "mirostat_eta": "mirostat_eta",
+    "num_ctx": "checked: more than the served context is refused (400); not sent, the context is the profile's",
+    "num_batch": "ignored: set when the server starts (the profile's server.args -b/-ub)",
+    "num_gpu": "ignored: GPU offload is set when the server starts (the profile's fit)",
+    "main_gpu": "ignored: set when the server starts (the profile's server.args)",
+    "num_thread": "ignored: set when the server starts (the profile's server.args -t)",
+    "use_mmap": "ignored: set when the server starts (the profile's server.args)",
+    "use_mlock": "ignored: set when the server starts (the profile's server.args)",
+    "numa": "ignored: set when the server starts (the profile's server.args)",
+    "low_vram": "ignored: set when the server starts (the profile's fit)",
+    "f16_kv": "ignored: the K/V cache types are the profile's",
+    "vocab_only": "ignored: a load-time option of old Ollama versions",
+    "logits_all": "ignored: a load-time option of old Ollama versions",
+    "embedding_only": "ignored: a load-time option of old Ollama versions",
+    "draft_num_predict": "ignored: no draft model is served",
+    "tfs_z": "ignored: tail-free sampling was removed from llama.cpp (and from Ollama)",
+    "penalize_newline": "ignored: removed from llama.cpp (and from Ollama)",
+}
+
+#: The type of each option that is sent or checked (Ollama's: an integer may come as a float,
+#: it is truncated; a float may come as an integer).
+OPTION_TYPES: dict[str, str] = {
+    "temperature": "float", "top_k": "integer", "top_p": "float", "min_p": "float", "typical_p": "float",
+    "repeat_penalty": "float", "repeat_last_n": "integer", "presence_penalty": "float",
+    "frequency_penalty": "float", "seed": "integer", "stop": "array", "num_predict": "integer",
+    "num_keep": "integer", "mirostat": "integer", "mirostat_tau": "float", "mirostat_eta": "float",
+    "num_ctx": "integer"}
+
+log = logging.getLogger("turboctl.serve.ollama")
+
+
+def option_table_markdown() -> str:
+    """OPTIONS as a Markdown table (for the README)."""
+    rows = ["| Ollama option | llama-server |", "|---|---|"]
+    for name, how in OPTIONS.items():
+        rows.append(f"| `{name}` | {how if ':' in how else f'`{how}`'} |")
+    return "\n".join(rows) + "\n"
 
 # A GBNF grammar for one JSON object (format: "json"); llama-server b11312 does not constrain a
 # schema without properties (``{"type": "object"}``) on its chat route, a grammar it does.
@@ -248,8 +303,9 @@ def _capabilities(m: ServedModel, props: dict[str, Any] | None) -> list[str]:
     return caps
 
 
-async def _router_loaded(app: web.Application, request: web.Request) -> set[str]:
-    """The names of the models the router has loaded (``GET /models``: ``status.value``)."""
+async def _router_status(app: web.Application, request: web.Request) -> dict[str, str]:
+    """Each model's status in the router (``GET /models``: ``status.value``), under its id and
+    its aliases."""
     try:
         async with app[SESSION_KEY].get(f"{app[UPSTREAM_KEY]}/models", headers=_upstream_headers(request),
                                         timeout=aiohttp.ClientTimeout(total=30)) as resp:
@@ -258,16 +314,23 @@ async def _router_loaded(app: web.Application, request: web.Request) -> set[str]
             doc = await resp.json(content_type=None)
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         raise OllamaError(502, f"llama-server at {app[UPSTREAM_KEY]} did not list its models: {exc}") from exc
-    loaded: set[str] = set()
+    out: dict[str, str] = {}
     entries = doc.get("data") if isinstance(doc, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict):
             continue
         status = entry.get("status")
-        if isinstance(status, dict) and status.get("value") == "loaded":
-            names = [entry.get("id"), *(entry.get("aliases") or [])]
-            loaded.update(n for n in names if isinstance(n, str))
-    return loaded
+        value = status.get("value") if isinstance(status, dict) else None
+        if isinstance(value, str):
+            for n in [entry.get("id"), *(entry.get("aliases") or [])]:
+                if isinstance(n, str):
+                    out[n] = value
+    return out
+
+
+async def _router_loaded(app: web.Application, request: web.Request) -> set[str]:
+    """The names of the models the router has loaded."""
+    return {n for n, value in (await _router_status(app, request)).items() if value == "loaded"}
 
 
 # --- the model routes -------------------------------------------------------------------------
@@ -320,25 +383,49 @@ async def _management(request: web.Request) -> web.Response:
 
 # --- chat and generate ------------------------------------------------------------------------
 
-def _options(body: dict[str, Any], m: ServedModel) -> dict[str, Any]:
+def _option_value(name: str, value: object) -> Any:
+    kind = OPTION_TYPES[name]
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OllamaError(400, f'option "{name}" must be of type integer')
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OllamaError(400, f'option "{name}" must be of type float32')
+        return float(value)
+    if not isinstance(value, list):
+        raise OllamaError(400, f'option "{name}" must be of type array')
+    if not all(isinstance(x, str) for x in value):
+        raise OllamaError(400, f'option "{name}" must be of an array of strings')
+    return value
+
+
+def _options(body: dict[str, Any], m: ServedModel, warned: set[str]) -> dict[str, Any]:
+    """The request's options and format as llama-server fields (OPTIONS says which)."""
     opts = body.get("options") or {}
     if not isinstance(opts, dict):
         raise OllamaError(400, "options must be a JSON object")
     out: dict[str, Any] = {}
-    for name, target in SAMPLING_OPTIONS.items():
-        if opts.get(name) is not None:
-            out[target] = opts[name]
-    n_predict = opts.get("num_predict")
-    if isinstance(n_predict, int) and not isinstance(n_predict, bool) and n_predict >= 0:
-        out["max_tokens"] = n_predict
-    num_ctx = opts.get("num_ctx")
-    if num_ctx is not None:
-        if isinstance(num_ctx, bool) or not isinstance(num_ctx, int):
-            raise OllamaError(400, "options.num_ctx must be an integer")
-        if num_ctx > m.context:
-            raise OllamaError(400, f"num_ctx {num_ctx} is larger than the context model '{m.name}' is served with "
-                              f"({m.context} tokens): the context is set by the profile (context:); raise it there "
-                              "and restart turboctl serve, or ask for at most that")
+    for name, raw in opts.items():
+        how = OPTIONS.get(name)
+        if how is None:
+            if name not in warned:
+                warned.add(name)
+                log.warning("option %r is not an Ollama option: ignored (as Ollama does; logged once)", name)
+            continue
+        if raw is None or how.startswith("ignored:"):
+            continue
+        value = _option_value(name, raw)
+        if name == "num_ctx":
+            if value > m.context:
+                raise OllamaError(400, f"num_ctx {value} is larger than the context model '{m.name}' is served "
+                                  f"with ({m.context} tokens): the context is set by the profile (context:); "
+                                  "raise it there and restart turboctl serve, or ask for at most that")
+        elif name == "num_predict":
+            if value >= 0:  # -1: no limit, -2: until the context is full -- llama-server's default
+                out[how] = value
+        else:
+            out[how] = value
     fmt = body.get("format")
     if fmt == "json":
         out["grammar"] = JSON_OBJECT_GRAMMAR
@@ -455,11 +542,73 @@ async def _released(upstream: aiohttp.ClientResponse) -> AsyncIterator[None]:
     upstream.release()
 
 
+#: Router statuses of a model instance that still runs; how long an unload waits for it to stop.
+RUNNING = ("loaded", "loading", "sleeping")
+UNLOAD_WAIT_S = 30.0
+
+_GO_DURATION = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h))+|[-+]?0")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _keep_alive_seconds(value: object) -> float | None:
+    """Ollama's keep_alive in seconds (a number of seconds or a Go duration such as "5m";
+    negative: forever), None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and _GO_DURATION.fullmatch(value.strip()):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)", text)
+        return sign * sum(float(n) * _GO_UNITS[u] for n, u in parts)
+    raise OllamaError(400, f"keep_alive must be a number of seconds or a duration such as \"5m\", "
+                      f"not {json.dumps(value)[:40]}")
+
+
+async def _load_or_unload(request: web.Request, m: ServedModel, body: dict[str, Any],
+                          empty: dict[str, Any]) -> web.Response:
+    """An empty chat or generate request: Ollama loads the model, or unloads it when keep_alive
+    is 0. In router mode the router does (it waits for the load); one model served alone stays
+    loaded for as long as turboctl serves it."""
+    started = time.monotonic_ns()
+    unload = _keep_alive_seconds(body.get("keep_alive")) == 0
+    app = request.app
+    reason = "unload" if unload else "load"
+    if unload and not app[ROUTER_KEY]:
+        raise OllamaError(501, f"model '{m.name}' cannot be unloaded: it is the model turboctl serves and stays "
+                          "loaded until turboctl serve stops (serve several profiles to load and unload models "
+                          "on demand)")
+    if app[ROUTER_KEY]:
+        try:
+            if unload:
+                status, _, err = await _post_json(request, "/models/unload", {"model": m.name})
+                if status != 200 and "not running" not in err:
+                    raise OllamaError(status, err)
+                # the router answers at once and stops the instance (SIGTERM, then its
+                # stop-timeout): the answer waits until it is gone, so that /api/ps agrees
+                deadline = time.monotonic() + UNLOAD_WAIT_S
+                while (await _router_status(app, request)).get(m.name) in RUNNING and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+            else:
+                params = {"model": m.name, "autoload": "true"}  # the router answers once it is loaded
+                async with app[SESSION_KEY].get(f"{app[UPSTREAM_KEY]}/props", params=params,
+                                                headers=_upstream_headers(request)) as resp:
+                    if resp.status != 200:
+                        raise await _upstream_error(resp)
+        except aiohttp.ClientError as exc:
+            raise OllamaError(502, f"llama-server at {app[UPSTREAM_KEY]} is not reachable: {exc}") from exc
+    doc: dict[str, Any] = {"model": m.name, "created_at": _now(), **empty, "done": True, "done_reason": reason}
+    if app[ROUTER_KEY] and not unload:
+        doc["load_duration"] = doc["total_duration"] = time.monotonic_ns() - started
+    return web.json_response(doc)
+
+
 async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamResponse:
     started = time.monotonic()
     body = await _body(request)
     m = _lookup(request.app, body.get("model"))
-    payload = _options(body, m)
+    payload = _options(body, m, request.app[STATE_KEY].setdefault("warned", set()))
     payload["model"] = m.name
     raw = False
     if chat:
@@ -468,9 +617,7 @@ async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamRespo
         if tools:
             payload["tools"] = tools
         if not payload["messages"]:
-            return web.json_response({"model": m.name, "created_at": _now(),
-                                      "message": {"role": "assistant", "content": ""},
-                                      "done": True, "done_reason": "load"})
+            return await _load_or_unload(request, m, body, {"message": {"role": "assistant", "content": ""}})
         route = "/v1/chat/completions"
     else:
         _no_images(body)
@@ -478,8 +625,7 @@ async def _generate_like(request: web.Request, *, chat: bool) -> web.StreamRespo
         if not isinstance(prompt, str):
             raise OllamaError(400, "prompt must be a string")
         if not prompt:
-            return web.json_response({"model": m.name, "created_at": _now(), "response": "", "done": True,
-                                      "done_reason": "load"})
+            return await _load_or_unload(request, m, body, {"response": ""})
         raw = bool(body.get("raw"))
         if raw:
             payload["prompt"] = prompt
@@ -604,13 +750,15 @@ def _embedding_error(m: ServedModel, status: int, message: str) -> OllamaError:
     return OllamaError(status, message)
 
 
-async def _truncated(request: web.Request, text: str, limit: int) -> str:
+async def _truncated(request: web.Request, m: ServedModel, text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` tokens as llama-server counts them (its special tokens
-    included), through its own /tokenize and /detokenize."""
-    status, with_special, err = await _post_json(request, "/tokenize", {"content": text, "add_special": True})
+    included), through its own /tokenize and /detokenize (``model``: the router routes by it)."""
+    status, with_special, err = await _post_json(request, "/tokenize", {"model": m.name, "content": text,
+                                                                         "add_special": True})
     if status != 200:
         raise OllamaError(status, err)
-    status, plain, err = await _post_json(request, "/tokenize", {"content": text, "add_special": False})
+    status, plain, err = await _post_json(request, "/tokenize", {"model": m.name, "content": text,
+                                                                  "add_special": False})
     if status != 200:
         raise OllamaError(status, err)
     tokens = plain.get("tokens") or []
@@ -619,7 +767,7 @@ async def _truncated(request: web.Request, text: str, limit: int) -> str:
         return text
     if keep <= 0:
         raise OllamaError(400, "input after truncation exceeds maximum context length")
-    status, doc, err = await _post_json(request, "/detokenize", {"tokens": tokens[:keep]})
+    status, doc, err = await _post_json(request, "/detokenize", {"model": m.name, "tokens": tokens[:keep]})
     if status != 200:
         raise OllamaError(status, err)
     return str(doc.get("content") or "")
@@ -661,7 +809,7 @@ async def _embed(request: web.Request) -> web.Response:
         if attempt == 3:
             raise OllamaError(400, f"input exceeds maximum context length and cannot be truncated further ({err})")
         # a text cut to N tokens may come back as N+1 when tokenized again: a margin per try
-        inputs = [await _truncated(request, text, limit - attempt) for text in inputs]
+        inputs = [await _truncated(request, m, text, limit - attempt) for text in inputs]
     data = sorted(doc.get("data") or [], key=lambda d: int(d.get("index", 0)))
     vectors: list[list[float]] = []
     for d in data:

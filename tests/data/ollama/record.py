@@ -3,7 +3,8 @@
 Usage: python tests/data/ollama/record.py URL [WHAT]   (URL of a running llama-server, e.g.
 http://127.0.0.1:8080, serving SmolLM2-135M-Instruct under the alias ``smollm2``; WHAT is what
 that server was started for: ``chat`` (the default), ``embeddings`` (``--embeddings --pooling
-mean``), ``no-pooling`` (``--embeddings`` alone) or ``no-embeddings`` (neither)).
+mean``), ``no-pooling`` (``--embeddings`` alone), ``no-embeddings`` (neither) or ``tools``
+(``--jinja --chat-template-file tests/data/ollama/chatml-tools.jinja``)).
 Writes the files next to this script; see README.md here for the server commands."""
 
 from __future__ import annotations
@@ -55,6 +56,34 @@ def embeddings_refused(base: str, name: str, expect: int) -> None:
     (HERE / f"{name}.json").write_text(raw.decode() + "\n")
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
+                          "required": ["city"]}}}
+
+
+def _turns(city: str, result: str, answer: str) -> list[dict[str, object]]:
+    return [{"role": "user", "content": f"What is the weather in {city}?"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": f"call_{city}", "type": "function", "function": {
+                "name": "get_weather", "arguments": json.dumps({"city": city})}}]},
+            {"role": "tool", "content": result, "tool_call_id": f"call_{city}"},
+            {"role": "assistant", "content": answer}]
+
+
+TOOLS = {"model": "smollm2", "tools": [WEATHER], "max_tokens": 48, "temperature": 0,
+         "messages": [*_turns("Rome", "sunny, 25 C", "It is sunny in Rome, 25 C."),
+                      *_turns("Berlin", "cloudy, 18 C", "It is cloudy in Berlin, 18 C."),
+                      {"role": "user", "content": "What is the weather in Paris?"}]}
+
+
+def tools(base: str) -> None:
+    status, raw = post(f"{base}/v1/chat/completions", TOOLS)
+    assert status == 200 and b"tool_calls" in raw, raw
+    (HERE / "chat-tools.json").write_text(raw.decode() + "\n")
+    status, raw = post(f"{base}/v1/chat/completions", {**TOOLS, "stream": True})
+    assert status == 200, raw
+    (HERE / "chat-tools.sse").write_bytes(raw)
+
+
 def main(base: str) -> None:
     props = json.loads(get(f"{base}/props"))
     props["model_path"] = "model.gguf"  # the recording machine's path is of no use to the tests
@@ -82,5 +111,7 @@ if __name__ == "__main__":
         embeddings_refused(url, "error-embd-pooling-none", 400)
     elif what == "no-embeddings":
         embeddings_refused(url, "error-embd-off", 501)
+    elif what == "tools":
+        tools(url)
     else:
-        sys.exit(f"unknown WHAT {what!r}: chat, embeddings, no-pooling or no-embeddings")
+        sys.exit(f"unknown WHAT {what!r}: chat, embeddings, no-pooling, no-embeddings or tools")
