@@ -200,6 +200,7 @@ class ServePlan:
     notes: tuple[str, ...] = ()
     front: Front | None = None
     backend: str = "cpu"
+    details: Mapping[str, Any] | None = None  # the GGUF's ollama.DETAIL_KEYS (what Ollama clients are shown)
 
     @property
     def endpoint(self) -> str:
@@ -239,7 +240,8 @@ class ServePlan:
 def make_serve_plan(settings: ServeSettings, binary: Path, *, plan: RecipePlan | None,
                     info: ModelInfo | None, context_source: str, budget: str | None = None,
                     projection: Mapping[str, int] | None = None, notes: tuple[str, ...] = (),
-                    front: Front | None = None, backend: str = "cpu") -> ServePlan:
+                    front: Front | None = None, backend: str = "cpu",
+                    details: Mapping[str, Any] | None = None) -> ServePlan:
     argv = command.server_argv(binary, settings)
     # a dry run: what is only decided at the start (auto context before the build or the model
     # exist, the loopback port behind the proxy) is shown as such
@@ -249,7 +251,7 @@ def make_serve_plan(settings: ServeSettings, binary: Path, *, plan: RecipePlan |
     return ServePlan(settings=settings, argv=argv, env=command.server_env(settings),
                      shown=command.display(argv, command.env_overrides(settings)), plan=plan, info=info,
                      context_source=context_source, budget=budget, projection=projection, notes=notes,
-                     front=front, backend=backend)
+                     front=front, backend=backend, details=details)
 
 
 def kv_summary(p: ServePlan) -> str:
@@ -443,7 +445,7 @@ def served_models(p: Startable) -> list[ollama_mod.ServedModel]:
         out.append(ollama_mod.served_model(
             sp.name, s.model, context=s.context, kv=s.recipe.label, size_bytes=total,
             size_vram=total if sp.backend in ("metal", "cuda") else 0,
-            embeddings=bool({"--embedding", "--embeddings"} & set(s.extra_args))))
+            embeddings=bool({"--embedding", "--embeddings"} & set(s.extra_args)), meta=sp.details))
     return out
 
 

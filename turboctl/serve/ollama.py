@@ -27,7 +27,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -147,12 +147,18 @@ class ServedModel:
     embeddings: bool = False
 
 
-def served_model(name: str, path: Path, *, context: int, kv: str, size_bytes: int, size_vram: int = 0,
-                 embeddings: bool = False) -> ServedModel:
-    """A ServedModel with the architecture, parameter size and quantization read from the GGUF."""
-    from turboctl.models.gguf import read_metadata
+#: The GGUF metadata keys a ServedModel is described by (serve keeps these, not the whole metadata).
+DETAIL_KEYS = ("general.architecture", "general.size_label", "general.file_type")
 
-    meta = read_metadata(path)
+
+def served_model(name: str, path: Path, *, context: int, kv: str, size_bytes: int, size_vram: int = 0,
+                 embeddings: bool = False, meta: Mapping[str, Any] | None = None) -> ServedModel:
+    """A ServedModel with the architecture, parameter size and quantization from the GGUF's
+    metadata (``meta``: already read, at least :data:`DETAIL_KEYS`; else read from ``path``)."""
+    if meta is None:
+        from turboctl.models.gguf import read_metadata
+
+        meta = read_metadata(path)
     arch = str(meta.get("general.architecture", ""))
     size_label = meta.get("general.size_label")
     quant = ""

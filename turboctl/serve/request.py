@@ -24,6 +24,7 @@ from . import fit as fit_mod
 from . import launch
 from . import router as router_mod
 from .command import ServeSettings
+from .ollama import DETAIL_KEYS
 from .profile import Profile, check_profile_args
 from .router import RouterPlan
 from .whatif import n_ctx_train_of
@@ -120,12 +121,14 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         check_profile_args(prof, proc.capture([binary, "--help"]) or "")
     wanted = req.context if req.context is not None else (prof.context if prof else "auto")
     plan = info = None
+    details: dict[str, Any] | None = None
     budget_text: str | None = None
     projection: dict[str, int] | None = None
     context_source = "requested"
     if m is not None and model is not None:
         meta = read_metadata(model)  # once: a large GGUF's metadata takes seconds to read
         info = model_info_from_metadata(meta, model)
+        details = {k: meta.get(k) for k in DETAIL_KEYS}
         plan = preflight.check_plan(m, model, info, layout_from_metadata(meta, info), recipe)
         budget = fit_mod.machine_budget(backend=m.backend)
         if limit is not None and req.max_memory is not None:
@@ -166,7 +169,7 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         notes.extend(prof.notes)
     return launch.make_serve_plan(settings, binary, plan=plan, info=info, context_source=context_source,
                                   budget=budget_text, projection=projection, notes=tuple(notes), front=front,
-                                  backend=m.backend if m is not None else "cpu")
+                                  backend=m.backend if m is not None else "cpu", details=details)
 
 
 def endpoint(req: ServeRequest, server: Any) -> tuple[str, int]:
