@@ -83,6 +83,13 @@ class Serve:
         for line in self._proc.stderr:
             self._err.append(line)
 
+    def wait_stderr(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        """Until ``text`` is in serve's stderr ``count`` times (its foreground loop's messages)."""
+        deadline = time.monotonic() + timeout
+        while "".join(self._err).count(text) < count:
+            assert time.monotonic() < deadline, f"{text!r} x{count} not printed; stderr: {''.join(self._err)[-2000:]}"
+            time.sleep(0.1)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self._proc is not None
         if self._proc.poll() is None:

@@ -114,6 +114,8 @@ def test_one_at_a_time_loads_on_demand_and_verifies_each_load(profiles: tuple[Pa
             r = c.generate(model=name, prompt="A, B, C, D, E,", raw=True, options={"temperature": 0, "num_predict": 2})
             assert re.match(r"\s*F\b", r.response), (name, r.response)
             assert [m.model for m in c.ps().models] == [name]
+            # serve checks every load in its foreground loop (twice a second)
+            s.wait_stderr(f"model {name} loaded; its KV cache verified in its log")
         assert s.stop() == 0
     loads = kv_types_per_model(Path(s.doc["log"]))
     assert [len(loads[T4]), len(loads[MIXED])] == [2, 1]
