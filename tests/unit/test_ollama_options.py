@@ -115,3 +115,10 @@ def test_option_table_markdown() -> None:
     assert lines[:2] == ["| Ollama option | llama-server |", "|---|---|"] and len(lines) == 2 + len(OPTIONS)
     assert "| `repeat_last_n` | `repeat_last_n` |" in lines and "| `num_predict` | `max_tokens` |" in lines
     assert "| `tfs_z` | ignored: tail-free sampling was removed from llama.cpp (and from Ollama) |" in lines
+
+
+def test_the_readme_has_the_option_table_the_proxy_applies() -> None:
+    from turboctl.serve.ollama import option_table_markdown
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert option_table_markdown() in readme, "README's Ollama option table is stale: paste option_table_markdown()"
