@@ -49,20 +49,26 @@ def demo_model() -> Path:
     return fetch.resolve_model(profile.model, Paths(slow_home()), UI(quiet=True)).path
 
 
-@pytest.fixture(scope="module")
-def stack(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def _single_stack(llama_build: manifest.Manifest, log: Path, extra: list[str], *,
+                  embeddings: bool = False) -> Iterator[Stack]:
+    """SmolLM2 with turbo4 K/V on 2 slots (plus ``extra`` arguments), the proxy in front."""
     model = demo_model()
-    log = tmp_path_factory.mktemp("ollama") / "llama-server.log"
     args = ["-m", str(model), "-c", str(CONTEXT), "-np", "2", "--kv-unified", "-fa", "on", "-ctk", "turbo4",
-            "-ctv", "turbo4", "--no-repack", "--alias", ALIAS, "-t", "2"]
+            "-ctv", "turbo4", "--no-repack", "--alias", ALIAS, "-t", "2", *extra]
     with LlamaServer(str(llama_build.binary("llama-server")), args, log) as srv:
-        sm = served_model(ALIAS, model, context=CONTEXT, kv="turbo4", size_bytes=model.stat().st_size)
+        sm = served_model(ALIAS, model, context=CONTEXT, kv="turbo4", size_bytes=model.stat().st_size,
+                          embeddings=embeddings)
         px = run_proxy(make_app(srv.url, [sm]), "127.0.0.1", 0)
         try:
             yield Stack(srv, px)
         finally:
             px.stop()
     srv.assert_clean_exit()
+
+
+@pytest.fixture(scope="module")
+def stack(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from _single_stack(llama_build, tmp_path_factory.mktemp("ollama") / "llama-server.log", [])
 
 
 def client(s: Stack) -> ollama.Client:
@@ -337,19 +343,8 @@ def test_router_models_by_name_with_their_own_kv(router_stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def embed_stack(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    model = demo_model()
-    log = tmp_path_factory.mktemp("ollama-embed") / "llama-server.log"
-    args = ["-m", str(model), "-c", str(CONTEXT), "-np", "2", "--kv-unified", "-fa", "on", "-ctk", "turbo4",
-            "-ctv", "turbo4", "--no-repack", "--alias", ALIAS, "-t", "2", "--embeddings", "--pooling", "mean"]
-    with LlamaServer(str(llama_build.binary("llama-server")), args, log) as srv:
-        sm = served_model(ALIAS, model, context=CONTEXT, kv="turbo4", size_bytes=model.stat().st_size,
-                          embeddings=True)
-        px = run_proxy(make_app(srv.url, [sm]), "127.0.0.1", 0)
-        try:
-            yield Stack(srv, px)
-        finally:
-            px.stop()
-    srv.assert_clean_exit()
+    yield from _single_stack(llama_build, tmp_path_factory.mktemp("ollama-embed") / "llama-server.log",
+                             ["--embeddings", "--pooling", "mean"], embeddings=True)
 
 
 def _norm(v: Sequence[float]) -> float:
@@ -401,19 +396,8 @@ TOOLS_TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "ollama" / "chat
 
 @pytest.fixture(scope="module")
 def tools_stack(llama_build: manifest.Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    model = demo_model()
-    log = tmp_path_factory.mktemp("ollama-tools") / "llama-server.log"
-    args = ["-m", str(model), "-c", str(CONTEXT), "-np", "2", "--kv-unified", "-fa", "on", "-ctk", "turbo4",
-            "-ctv", "turbo4", "--no-repack", "--alias", ALIAS, "-t", "2", "--jinja",
-            "--chat-template-file", str(TOOLS_TEMPLATE)]
-    with LlamaServer(str(llama_build.binary("llama-server")), args, log) as srv:
-        sm = served_model(ALIAS, model, context=CONTEXT, kv="turbo4", size_bytes=model.stat().st_size)
-        px = run_proxy(make_app(srv.url, [sm]), "127.0.0.1", 0)
-        try:
-            yield Stack(srv, px)
-        finally:
-            px.stop()
-    srv.assert_clean_exit()
+    yield from _single_stack(llama_build, tmp_path_factory.mktemp("ollama-tools") / "llama-server.log",
+                             ["--jinja", "--chat-template-file", str(TOOLS_TEMPLATE)])
 
 
 def _weather_turns(city: str, result: str) -> list[dict[str, object]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import ollama
+import pytest
 from aiohttp import web
 
 from turboctl.serve.ollama import ProxyHandle, ServedModel, make_app, run_proxy
@@ -97,3 +98,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+@pytest.fixture()
+def upstream() -> Upstream:
+    return Upstream()
+
+
+@pytest.fixture()
+def proxy(tmp_path: Path, upstream: Upstream) -> Iterator[ProxyHandle]:
+    with serving(upstream.app(), [served(tmp_path)]) as px:
+        yield px

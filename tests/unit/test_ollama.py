@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,6 @@ from turboctl.serve.ollama import (
 pytestmark = pytest.mark.usefixtures("loopback")
 
 
-@pytest.fixture()
-def upstream() -> Upstream:
-    return Upstream()
-
-
-@pytest.fixture()
-def proxy(tmp_path: Path, upstream: Upstream) -> Iterator[ProxyHandle]:
-    up = run_proxy(upstream.app(), "127.0.0.1", 0)
-    px = run_proxy(make_app(up.url, [served(tmp_path)]), "127.0.0.1", 0)
-    yield px
-    px.stop()
-    up.stop()
 
 
 def test_root_and_version(proxy: ProxyHandle) -> None:

@@ -5,7 +5,6 @@ once, as Ollama does."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,12 @@ import pytest
 import requests
 
 from tests.fetchserver import loopback  # noqa: F401  (fixture)
-from tests.unit.ollamafakes import Upstream, client, served, serving
+from tests.unit.ollamafakes import Upstream, client
 from turboctl.serve.ollama import OPTION_TYPES, OPTIONS, ProxyHandle, option_table_markdown
 
 pytestmark = pytest.mark.usefixtures("loopback")
 
 
-@pytest.fixture()
-def upstream() -> Upstream:
-    return Upstream()
-
-
-@pytest.fixture()
-def proxy(tmp_path: Path, upstream: Upstream) -> Iterator[ProxyHandle]:
-    with serving(upstream.app(), [served(tmp_path)]) as px:
-        yield px
 
 
 def test_the_table_covers_the_official_clients_options() -> None:
