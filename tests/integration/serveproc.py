@@ -130,12 +130,14 @@ def smollm2(home: Path) -> Path:
     return fetch.resolve_model(find_profile("smollm2-demo").model, Paths(home), UI(quiet=True)).path
 
 
-def write_profile(path: Path, name: str, model: Path, kv: str, *, context: int, parallel: int = 1) -> Path:
-    """A profile file serving ``model`` as ``name`` with the recipe ``kv`` (K/V;rules form)."""
+def write_profile(path: Path, name: str, model: Path, kv: str, *, context: int, parallel: int = 1,
+                  args: Sequence[str] = ()) -> Path:
+    """A profile file serving ``model`` as ``name`` with the recipe ``kv`` (K/V;rules form) and
+    ``--no-repack`` plus ``args`` for llama-server."""
     types, _, rules = kv.partition(";")
     k, _, v = types.partition("/")
     lines = [f"name: {name}", f"model: {{name: {name}, path: {model}}}",
              f"kv: {{k: {k}" + (f", v: {v}" if v else "") + (f", layers: '{rules}'" if rules else "") + "}",
-             f"context: {context}", f"server: {{parallel: {parallel}, args: ['--no-repack']}}"]
+             f"context: {context}", f"server: {{parallel: {parallel}, args: {json.dumps(['--no-repack', *args])}}}"]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -25,6 +25,7 @@ from turboctl.serve.router import split_log
 from .conftest import slow_home
 from .serveproc import Serve, run_turboctl, smollm2, write_profile
 from .server import free_port
+from .test_ollama_proxy import ASK, TOOLS_TEMPLATE, WEATHER
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +144,20 @@ def test_single_profile_speaks_ollama_on_the_served_port(profiles: tuple[Path, P
         assert re.match(r"\s*50\b", r.choices[0].text)
         assert s.stop() == 0
         s.assert_no_orphan()
+
+
+def test_a_tool_call_through_turboctl_serve(tmp_path: Path) -> None:
+    # SmolLM2's own template has no tools: the profile gives it our ChatML template with tools
+    prof = write_profile(tmp_path / "tools.yaml", "smol-tools", smollm2(slow_home()), "turbo4", context=2048,
+                         args=["--jinja", "--chat-template-file", str(TOOLS_TEMPLATE)])
+    with Serve(slow_home(), ["--profile", str(prof), "--no-build", "--port", str(free_port())]) as s:
+        c = ollama.Client(host=s.url, timeout=120)
+        assert c.show("smol-tools").capabilities == ["completion", "tools"]
+        r = c.chat(model="smol-tools", messages=ASK, tools=[WEATHER], options={"temperature": 0, "num_predict": 48})
+        assert r.message.tool_calls is not None, r.message
+        assert [(t.function.name, t.function.arguments) for t in r.message.tool_calls] == [
+            ("get_weather", {"city": "Paris"})]
+        assert s.stop() == 0
 
 
 def _port_free(port: int) -> bool:
