@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import preflight, proc
-from ..build import manifest
 from ..errors import ModelError, UsageError
 from ..kv.layout import layout_from_metadata
 from ..kv.recipe import parse_recipe
@@ -150,15 +149,8 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     else:
         context = wanted
     front: launch.Front | None = None
-    if not req.direct and not req.member:
-        # the Ollama API (and everything llama-server answers) on the endpoint; llama-server
-        # itself on a loopback port behind it
-        front = launch.Front(host, port)
-        host, port = "127.0.0.1", 0
-    if not req.dry_run and not req.member:
-        launch.check_port(front.host if front else host, front.port if front else port)
-        if front is not None:
-            port = launch.free_loopback_port()
+    if not req.member:
+        front, host, port = listen(req, host, port)
     settings = ServeSettings(
         model=model or Path("<model not downloaded yet>"), recipe=recipe, context=context, host=host, port=port,
         parallel=parallel, batch_size=server.batch_size if server else None,
@@ -187,26 +179,31 @@ def endpoint(req: ServeRequest, server: Any) -> tuple[str, int]:
     return host, port
 
 
+def listen(req: ServeRequest, host: str, port: int) -> tuple[launch.Front | None, str, int]:
+    """The endpoint checked free (not in a dry run), and where llama-server listens: behind the
+    Ollama API proxy on a free loopback port (``port`` 0 in a dry run), or on the endpoint itself
+    with ``--direct``."""
+    if not req.dry_run:
+        launch.check_port(host, port)
+    if req.direct:
+        return None, host, port
+    # the Ollama API (and everything llama-server answers) on the endpoint
+    return launch.Front(host, port), "127.0.0.1", 0 if req.dry_run else launch.free_loopback_port()
+
+
 def prepare_router(req: ServeRequest, profiles: Sequence[Profile], paths: Paths, ui: UI) -> RouterPlan:
     """Several profiles on one endpoint (llama-server's router mode): each profile's own plan
     (model, recipe, context, slots, arguments; fitted alone), then the router in front of them."""
     if req.model is not None or req.kv is not None or req.context is not None or req.parallel is not None:
         raise UsageError("with several profiles, --model, --kv, --ctx and --parallel do not apply: each model "
                          "keeps its own profile's settings", hint="set them in each profile")
-    plans = [prepare(replace(req, profile=prof, member=True), paths, ui) for prof in profiles]
-    first = profiles[0].server
-    host, port = endpoint(req, first)
+    host, port = endpoint(req, profiles[0].server)
     key = _router_key(req, profiles)
     launch.check_security(host, key, insecure=req.insecure_no_api_key, ui=ui)
-    front = None if req.direct else launch.Front(host, port)
-    if not req.dry_run:
-        launch.check_port(host, port)
-    listen_host, listen_port = ("127.0.0.1", 0) if front else (host, port)
-    if front is not None and not req.dry_run:
-        listen_port = launch.free_loopback_port()
+    front, listen_host, listen_port = listen(req, host, port)
+    plans = [prepare(replace(req, profile=prof, member=True), paths, ui) for prof in profiles]
     proj = next((p.projection for p in plans if p.projection), None)
-    m = manifest.load_current(paths)
-    binary = (launch.server_binary(m) if m is not None and not req.dry_run else plans[0].argv[0])
+    binary = plans[0].argv[0]
     preset = (paths.logs / f"router-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.ini")
     plan = router_mod.make_plan(plans, Path(binary), host=listen_host, port=listen_port, api_key=key,
                                 preset_path=preset, budget=plans[0].budget,
