@@ -143,7 +143,7 @@ def measure(plan: RecipePlan, context: int, log_text: str, *, projected_kv: int 
     """The figures of a server's log (its first context) for ``plan`` at ``context``; BenchError
     when a figure is missing (nothing is defaulted)."""
     contexts = llamalog.kv_contexts(log_text)
-    if not contexts:
+    if not contexts or not contexts[0].caches:
         raise BenchError("llama-server's log has no 'llama_kv_cache: KV layers:' lines: no KV figures to read",
                          log_path=Path(server_log), hint="rebuild with this turboctl's patch series (turboctl build)")
     ctx = contexts[0]
