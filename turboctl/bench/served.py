@@ -122,6 +122,7 @@ class BenchServer:
         p = self.prepare()
         self._running = launch.start(p, self.log, self.ui)
         self._session = requests.Session()
+        self._session.trust_env = False  # loopback: never through a proxy from the environment
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
