@@ -54,6 +54,7 @@ def check_against_logs(doc: dict[str, Any]) -> None:
             assert c["log"] == {"k_bytes": k, "v_bytes": v, "total_bytes": total}
             assert [ca["cells"] for ca in c["caches"]] == [int(x[4]) for x in lines[:len(c["caches"])]]
             assert c["difference_bytes"] == total - c["arithmetic"]["total_bytes"]
+            assert c["arithmetic_at_cells_bytes"] == total  # what serve's log check verified before
 
 
 def test_smollm2_two_configurations_two_contexts(llama_build: Manifest, tmp_path: Path) -> None:

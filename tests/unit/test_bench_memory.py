@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import DATA
 from tests.unit.fakebuild import fake_build
 from tests.unit.fitfakes import bench_like, fake_run, synth_output, write_fake_fit_params
 from turboctl.bench import memory
@@ -55,8 +56,29 @@ def test_a_log_with_other_cells_differs_and_says_why(tmp_path: Path) -> None:
     per_cell = 8 * 2 * 256 * 2  # 8 layers x (K + V) x 256 values x 2 bytes
     assert ms.difference == 48 * per_cell
     assert ms.difference_pct == pytest.approx(100 * 48 / 2000)
+    assert ms.arith_at_cells == 2048 * per_cell
     assert ms.note(plan) == (f"the log's KV bytes differ from the arithmetic by {48 * per_cell} bytes "
-                             f"(+{100 * 48 / 2000:.4f} %): llama.cpp sized 2048 cells for context 2000")
+                             f"(+{100 * 48 / 2000:.4f} %): llama.cpp sized 2048 cells for context 2000; at the cells "
+                             f"llama.cpp sized, the arithmetic gives {2048 * per_cell} bytes (difference 0)")
+
+
+def test_a_sliding_window_model_differs_and_says_why(tmp_path: Path) -> None:
+    """The KV lines of a real llama-server log: the tiny gemma4 model (tests/integration/tinymodel.py,
+    write_tiny_gemma4 defaults) with f16 K/V at context 1024: a full cache of 1024 cells and a
+    sliding-window cache of 768."""
+    from tests.integration.tinymodel import write_tiny_gemma4
+
+    model = write_tiny_gemma4(tmp_path / "g.gguf")
+    plan = resolved(model, "f16")
+    log = (DATA / "bench" / "server-kv-lines-tiny-gemma4-f16-1024.txt").read_text()
+    ms = memory.measure(plan, 1024, log, projected_kv=None, server_log="s.log")
+    assert [c["cells"] for c in ms.caches] == [1024, 768]
+    assert (ms.log_total, ms.arith_total, ms.arith_at_cells) == (2883584, 3145728, 2883584)
+    assert ms.difference == -262144 and ms.difference_pct == pytest.approx(-8.3333, abs=1e-4)
+    assert ms.note(plan) == ("the log's KV bytes differ from the arithmetic by -262144 bytes (-8.3333 %): llama.cpp "
+                             "sized 1024, 768 cells for context 1024; the model has sliding-window layers, whose "
+                             "cache holds fewer cells; at the cells llama.cpp sized, the arithmetic gives 2883584 "
+                             "bytes (difference 0)")
 
 
 @pytest.mark.parametrize(("drop", "message"), [
@@ -70,6 +92,14 @@ def test_a_missing_figure_is_an_error(tmp_path: Path, drop: str, message: str) -
     with pytest.raises(BenchError) as err:
         memory.measure(resolved(model, "f16"), 1024, log, projected_kv=None, server_log="s.log")
     assert err.value.message == message
+
+
+def test_a_cache_for_a_layer_the_recipe_does_not_own_is_an_error(tmp_path: Path) -> None:
+    model = bench_like(tmp_path / "m.gguf")
+    log = synth_output(1024, model=model).replace("KV layers: 0-7 f16/f16", "KV layers: 0-8 f16/f16")
+    with pytest.raises(BenchError) as err:
+        memory.measure(resolved(model, "f16"), 1024, log, projected_kv=None, server_log="s.log")
+    assert err.value.message == "llama-server made a KV cache for layer 8, which the recipe's layout does not own"
 
 
 @pytest.mark.parametrize(("text", "value"), [("1024,4096", [1024, 4096]), ("4k, 1k,4096", [1024, 4096]),

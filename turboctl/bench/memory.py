@@ -30,6 +30,7 @@ from .. import __version__, llamalog
 from ..build.manifest import Manifest, now_iso
 from ..errors import BenchError, DoesNotFit, ModelError, UsageError
 from ..kv.recipe import RecipePlan, parse_recipe_list
+from ..kv.rules import row_bytes
 from ..models.gguf import read_metadata
 from ..paths import Paths
 from ..preflight import preflight, tool
@@ -43,6 +44,9 @@ NAME = "memory"
 SCHEMA = "turboctl.bench.memory/1"
 DEFAULT_KV = ("f16", "turbo4", "turbo3")
 DEFAULT_CONTEXTS = (1024, 2048, 4096)
+RESULT_VERSION = 2
+"""The layout of one stored (configuration, context) result: part of its key, so that results
+stored in an older layout are measured again rather than read."""
 
 
 def parse_ctx_list(text: str) -> list[int]:
@@ -77,7 +81,8 @@ class MemoryPlan:
 
     def settings(self, context: int) -> dict[str, Any]:
         """What one (configuration, context) result depends on besides the build, model and label."""
-        return {"context": context, "parallel": self.parallel, "extra_args": list(self.extra_args)}
+        return {"context": context, "parallel": self.parallel, "extra_args": list(self.extra_args),
+                "result_version": RESULT_VERSION}
 
 
 def make_plan(m: Manifest, paths: Paths, ui: UI, *, model: Path, kv: Sequence[str], ctx_list: str | None = None,
@@ -110,6 +115,7 @@ class Measured:
     log_total: int
     arith_k: int
     arith_v: int
+    arith_at_cells: int  # the same arithmetic at the cells llama.cpp sized for each cache
     projected_kv: int | None
     server_log: str
 
@@ -135,8 +141,10 @@ class Measured:
             why.append(f"llama.cpp sized {cells} cells for context {self.context}")
         if any(la.swa for la in plan.layout.owned()):
             why.append("the model has sliding-window layers, whose cache holds fewer cells")
+        at_cells = (f"; at the cells llama.cpp sized, the arithmetic gives {self.arith_at_cells} bytes "
+                    f"(difference {self.log_total - self.arith_at_cells})")
         return (f"the log's KV bytes differ from the arithmetic by {self.difference} bytes "
-                f"({self.difference_pct:+.4f} %)" + (": " + "; ".join(why) if why else ": not explained"))
+                f"({self.difference_pct:+.4f} %)" + (": " + "; ".join(why) if why else ": not explained") + at_cells)
 
 
 def measure(plan: RecipePlan, context: int, log_text: str, *, projected_kv: int | None, server_log: str) -> Measured:
@@ -148,19 +156,28 @@ def measure(plan: RecipePlan, context: int, log_text: str, *, projected_kv: int 
                          log_path=Path(server_log), hint="rebuild with this turboctl's patch series (turboctl build)")
     ctx = contexts[0]
     caches = []
+    values = plan.layer_values()
+    at_cells = 0
     for i, c in enumerate(ctx.caches, 1):
         if c.bytes_total is None or c.bytes_k is None or c.bytes_v is None or c.cells is None:
             raise BenchError(f"llama-server's log has no 'KV bytes:' line for its KV cache {i}",
                              log_path=Path(server_log), hint="rebuild with this turboctl's patch series")
         caches.append({"layers": len(c.layers), "cells": c.cells, "k_bytes": c.bytes_k, "v_bytes": c.bytes_v,
                        "total_bytes": c.bytes_total})
+        for il, (tk, tv) in c.layers.items():
+            if il not in values:
+                raise BenchError(f"llama-server made a KV cache for layer {il}, which the recipe's layout does not "
+                                 "own", log_path=Path(server_log))
+            nk, nv = values[il]
+            at_cells += c.cells * (row_bytes(tk, nk) + (row_bytes(tv, nv) if tv is not None else 0))
     if ctx.total_bytes is None:
         raise BenchError("llama-server's log has no 'llama_context: KV cache total:' line", log_path=Path(server_log),
                          hint="rebuild with this turboctl's patch series")
     k, v = plan.kv_bytes(context)
     return Measured(context=context, cells=max(c["cells"] for c in caches), caches=tuple(caches),
                     log_k=sum(c["k_bytes"] for c in caches), log_v=sum(c["v_bytes"] for c in caches),
-                    log_total=ctx.total_bytes, arith_k=k, arith_v=v, projected_kv=projected_kv, server_log=server_log)
+                    log_total=ctx.total_bytes, arith_k=k, arith_v=v, arith_at_cells=at_cells,
+                    projected_kv=projected_kv, server_log=server_log)
 
 
 def measured_json(ms: Measured, plan: RecipePlan) -> dict[str, Any]:
@@ -168,7 +185,8 @@ def measured_json(ms: Measured, plan: RecipePlan) -> dict[str, Any]:
         "context": ms.context, "status": "measured", "cells": ms.cells, "caches": [dict(c) for c in ms.caches],
         "log": {"k_bytes": ms.log_k, "v_bytes": ms.log_v, "total_bytes": ms.log_total},
         "arithmetic": {"k_bytes": ms.arith_k, "v_bytes": ms.arith_v, "total_bytes": ms.arith_total},
-        "projected_kv_bytes": ms.projected_kv, "difference_bytes": ms.difference,
+        "arithmetic_at_cells_bytes": ms.arith_at_cells, "projected_kv_bytes": ms.projected_kv,
+        "difference_bytes": ms.difference,
         "difference_pct": ms.difference_pct, "note": ms.note(plan), "server_log": ms.server_log,
     }
 
