@@ -216,6 +216,20 @@ def test_an_interrupted_run_resumes_from_the_store(world: dict[str, Any]) -> Non
     assert FakeServer.started == [("f16", 3072)]
 
 
+def test_a_profile_gives_the_model_its_recipe_and_its_server_args(world: dict[str, Any], tmp_path: Path) -> None:
+    from tests.integration.serveproc import write_profile
+
+    profile = write_profile(tmp_path / "p.yaml", "p", world["model"], "turbo3", context=2048)
+    res = runner.invoke(app, ["bench", "memory", "--profile", str(profile), "--kv", "f16", "--ctx-list", "1024",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [c["label"] for c in doc["configurations"]] == ["f16", "turbo3"]
+    assert doc["settings"]["extra_args"] == ["--no-repack"]
+    assert doc["model"]["path"] == str(world["model"].resolve())
+    assert FakeServer.started == [("f16", 1024), ("turbo3", 1024)]
+
+
 def test_a_context_that_does_not_fit_is_reported(world: dict[str, Any]) -> None:
     FakeServer.no_fit_above = 2048
     res = bench(world, "--kv", "f16", "--ctx-list", "2048,4096", "--json")
