@@ -6,15 +6,20 @@ from typing import Annotated
 import typer
 
 from ..bench import kld as kld_logic
+from ..bench import memory as memory_logic
 from ..bench import speed as speed_logic
 from ..bench.common import write_json
-from ..paths import get_paths
+from ..errors import UsageError
+from ..models import fetch
+from ..paths import Paths, get_paths
 from ..preflight import current_build
+from ..serve import catalog
+from ..ui import UI
 from .common import JsonOpt, handle_errors, start
 
 app = typer.Typer(
     name="bench",
-    help="Benchmark KV cache configurations: quality (kld) and speed.",
+    help="Benchmark KV cache configurations: quality (kld), speed and memory.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -31,6 +36,11 @@ KvOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", "-t", help="CPU threads (default: the number of CPUs).",
                              show_default=False)]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="A profile name (turboctl profiles list) or file: its model, and its "
+                                               "KV recipe joins the configurations.", show_default=False)]
+OptModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="The GGUF model file (or --profile).",
+                                                  show_default=False)]
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Also write the JSON document to this file.",
                               show_default=False)]
@@ -102,5 +112,57 @@ def speed(
         ui.emit_json(document)
     else:
         speed_logic.render(report, m, ui)
+        if output is not None:
+            ui.ok(f"results: {output}")
+
+
+def model_and_profile(model: Path | None, profile: str | None, paths: Paths,
+                      ui: UI) -> tuple[Path, list[str], tuple[str, ...]]:
+    """``--model`` or ``--profile``: the model file, the profile's recipe (as a configuration) and
+    the profile's llama-server arguments."""
+    if (model is None) == (profile is None):
+        raise UsageError("give either --model FILE.gguf or --profile NAME" if model is None else
+                         "--profile and --model cannot be combined", hint="turboctl profiles list shows the profiles")
+    if model is not None:
+        return model, [], ()
+    assert profile is not None
+    prof = catalog.find_profile(profile)
+    base = prof.origin.parent if prof.origin else None
+    got = fetch.resolve_model(prof.model, paths, ui, base_dir=base)
+    return got.path, [prof.kv.recipe_text()], tuple(prof.server.args) if prof.server else ()
+
+
+@app.command("memory")
+@handle_errors
+def memory(
+    model: OptModelOpt = None,
+    profile: ProfileOpt = None,
+    kv: KvOpt = None,
+    ctx_list: Annotated[
+        str | None, typer.Option("--ctx-list", help="Contexts to measure, comma-separated (default: 1024, 2048, "
+                                                    "4096 up to the model's training context, plus the training "
+                                                    "context when it fits).", show_default=False)] = None,
+    output: OutputOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """KV cache bytes per configuration and context, read from llama-server's own log and
+    compared with the bits/value arithmetic; and the largest context that fits this machine.
+
+    One llama-server starts per configuration and context (results are cached: a rerun only
+    measures what is missing). Default configurations: f16, turbo4, turbo3 (and the profile's)."""
+    ui = start(json_out)
+    paths = get_paths()
+    m = current_build(paths)
+    model_path, extra_kv, server_args = model_and_profile(model, profile, paths, ui)
+    plan = memory_logic.make_plan(m, paths, ui, model=model_path, kv=kv or [], ctx_list=ctx_list, extra_kv=extra_kv,
+                                  extra_args=server_args)
+    report = memory_logic.run(plan, m, paths, ui)
+    document = memory_logic.to_json(report, m)
+    if output is not None:
+        write_json(output, document)
+    if json_out:
+        ui.emit_json(document)
+    else:
+        memory_logic.render(report, m, ui)
         if output is not None:
             ui.ok(f"results: {output}")

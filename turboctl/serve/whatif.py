@@ -98,6 +98,20 @@ def what_if(m: Manifest, model: Path, profile_recipe: Recipe | None, context: in
     return rows
 
 
+def recipe_row(m: Manifest, model: Path, recipe: Recipe, context: int | Literal["auto"], budget: Budget, *,
+               n_ctx_train: int | None = None, parallel: int = 1, batch_size: int | None = None,
+               extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None, runner: Runner | None = None,
+               meta: dict[str, Any] | None = None) -> WhatIfRow:
+    """The row :func:`what_if` computes for one recipe (marked as the given one): its KV bytes at
+    the context and the largest context that fits (for other commands: ``bench memory``)."""
+    meta = meta if meta is not None else read_metadata(model)
+    info = model_info_from_metadata(meta, model)
+    layout = layout_from_metadata(meta, info)
+    train = n_ctx_train if n_ctx_train is not None else n_ctx_train_of(meta)
+    return _row(m, model, info, layout, recipe, True, context, budget, train, parallel, batch_size, extra_args, env,
+                runner)
+
+
 def report(model: Path, context: int | Literal["auto"], budget: Budget, rows: Sequence[WhatIfRow], *,
            n_ctx_train: int, parallel: int, backend: str) -> dict[str, Any]:
     """The what-if table as JSON (schema ``turboctl/schemas/whatif.schema.json``)."""
