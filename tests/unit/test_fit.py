@@ -350,3 +350,13 @@ def test_does_not_fit_when_nothing_fits(build: Manifest, model: Path) -> None:
         "compute 15.0 MiB = 79.0 MiB, over the budget of 50.0 MiB (test budget)")
     assert err.value.hint == "free memory, use a smaller model or a KV recipe with fewer bits"
     assert compute_at(1024) == COMPUTE
+
+
+def test_a_projection_that_hangs_is_named_a_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "hangs"
+    script.write_text("#!/bin/sh\necho 'E a line the program logged before'\nexec sleep 30\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(fit, "FIT_TIMEOUT_S", 0.5)
+    rc, output = fit._run_binary([str(script)], None)
+    assert rc != 0
+    assert fit.failure_reason(output, rc)[0] == "did not finish within 0.5 s (stopped)"

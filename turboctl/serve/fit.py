@@ -284,6 +284,8 @@ def failure_reason(output: str, rc: int) -> tuple[str, list[str]]:
 
 def _run_binary(args: Sequence[str], env: Mapping[str, str] | None) -> tuple[int, str]:
     res = proc.run(list(args), env=env, check=False, echo=False, timeout=FIT_TIMEOUT_S)
+    if res.timed_out:  # said first: it is why, whatever the killed program logged before
+        return res.returncode, f"E did not finish within {FIT_TIMEOUT_S:g} s (stopped)\n{res.output}"
     return res.returncode, res.output
 
 
