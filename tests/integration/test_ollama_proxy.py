@@ -267,7 +267,8 @@ def test_llama_server_routes_on_the_proxy_port(stack: Stack) -> None:
     msg = requests.post(f"{px}/v1/messages", json={"model": ALIAS, "max_tokens": 32, "temperature": 0,
                         "messages": [{"role": "user", "content": "What is the capital of France?"}]},
                         timeout=60).json()
-    assert msg["type"] == "message" and re.search(r"\bParis\b", msg["content"][0]["text"]), msg
+    assert msg.get("type") == "message", msg
+    assert re.search(r"\bParis\b", msg["content"][0]["text"]), msg
 
 
 def test_probe_tells_the_proxy_from_llama_server(stack: Stack) -> None:

@@ -109,3 +109,12 @@ def test_build_identity_and_model_digest(tmp_path: Path) -> None:
     assert store.model_sha256(model, paths, UI(quiet=True)) == hashlib.sha256(b"GGUF test").hexdigest()
     records = list((paths.cache).rglob("*.json"))
     assert records and json.loads(records[0].read_text())["sha256"] == hashlib.sha256(b"GGUF test").hexdigest()
+
+
+def test_log_paths_in_the_same_second_differ(tmp_path: Path) -> None:
+    from turboctl.bench.common import log_path
+    from turboctl.paths import Paths
+
+    paths = Paths(tmp_path)
+    first, second = log_path(paths, "serve"), log_path(paths, "serve")
+    assert first != second and first.exists() and second.exists()

@@ -35,8 +35,18 @@ def ignored_env() -> list[str]:
 
 
 def log_path(paths: Paths, name: str) -> Path:
+    """A new log file's path: two runs started in the same second by one process get two files
+    (the second one would otherwise append to the first one's log)."""
     paths.ensure()
-    return paths.logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path, n = paths.logs / f"{stem}.log", 1
+    while True:
+        try:
+            path.open("x").close()  # reserved: nobody else gets this name
+            return path
+        except FileExistsError:
+            n += 1
+            path = paths.logs / f"{stem}-{n}.log"
 
 
 def shell(args: Sequence[str]) -> str:
