@@ -1,7 +1,8 @@
 """``turboctl bench kld`` and ``turboctl bench speed``: parse options, plan, run, print."""
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -46,6 +47,19 @@ OutputOpt = Annotated[
                               show_default=False)]
 
 
+def finish(ui: UI, document: dict[str, Any], output: Path | None, json_out: bool,
+           render: Callable[[], None]) -> None:
+    """A bench command's end: the document to ``--output``, then the JSON or the human table."""
+    if output is not None:
+        write_json(output, document)
+    if json_out:
+        ui.emit_json(document)
+    else:
+        render()
+        if output is not None:
+            ui.ok(f"results: {output}")
+
+
 @app.command("kld")
 @handle_errors
 def kld(
@@ -71,15 +85,7 @@ def kld(
     plan = kld_logic.make_plan(m, paths, model=model, corpus=corpus, ctx=ctx, chunks=chunks, threads=threads,
                                kv=kv or [], keep_base=keep_base)
     report = kld_logic.run(plan, ui)
-    document = kld_logic.to_json(report, m)
-    if output is not None:
-        write_json(output, document)
-    if json_out:
-        ui.emit_json(document)
-    else:
-        kld_logic.render(report, m, ui)
-        if output is not None:
-            ui.ok(f"results: {output}")
+    finish(ui, kld_logic.to_json(report, m), output, json_out, lambda: kld_logic.render(report, m, ui))
 
 
 @app.command("speed")
@@ -105,15 +111,7 @@ def speed(
     plan = speed_logic.make_plan(m, paths, model=model, kv=kv or [], n_prompt=n_prompt, n_gen=n_gen,
                                  depth=depth, threads=threads, reps=reps)
     report = speed_logic.run(plan, ui)
-    document = speed_logic.to_json(report, m)
-    if output is not None:
-        write_json(output, document)
-    if json_out:
-        ui.emit_json(document)
-    else:
-        speed_logic.render(report, m, ui)
-        if output is not None:
-            ui.ok(f"results: {output}")
+    finish(ui, speed_logic.to_json(report, m), output, json_out, lambda: speed_logic.render(report, m, ui))
 
 
 def model_and_profile(model: Path | None, profile: str | None, paths: Paths,
@@ -157,12 +155,4 @@ def memory(
     plan = memory_logic.make_plan(m, paths, ui, model=model_path, kv=kv or [], ctx_list=ctx_list, extra_kv=extra_kv,
                                   extra_args=server_args)
     report = memory_logic.run(plan, m, paths, ui)
-    document = memory_logic.to_json(report, m)
-    if output is not None:
-        write_json(output, document)
-    if json_out:
-        ui.emit_json(document)
-    else:
-        memory_logic.render(report, m, ui)
-        if output is not None:
-            ui.ok(f"results: {output}")
+    finish(ui, memory_logic.to_json(report, m), output, json_out, lambda: memory_logic.render(report, m, ui))
