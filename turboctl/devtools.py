@@ -1,4 +1,4 @@
-"""Maintainer commands: ``python -m turboctl.devtools {bump-pin,check-pin,export-patches}``.
+"""Maintainer commands: ``python -m turboctl.devtools {bump-pin,check-pin,corpus-sums,export-patches}``.
 
 * ``bump-pin`` rewrites ``turboctl/build/pins.toml`` for a new upstream commit: sdist URL, size and
   sha256 from PyPI's simple index (PEP 691 JSON), the deterministic commit id of the imported
@@ -6,6 +6,7 @@
   touches.
 * ``check-pin`` fails when the pin no longer covers the series (run in the tests and in CI);
   with ``--tree`` it also checks a tree against the recorded checksums.
+* ``corpus-sums`` rewrites (or ``--check``s) ``corpora/SHA256SUMS``.
 * ``export-patches`` writes ``base..HEAD`` of a patched tree as a series.
 """
 
@@ -23,6 +24,7 @@ from .build import gitrepo, patches, source
 from .build.pins import Pin, default_pins_path, load_pin
 from .cli.common import handle_errors, start
 from .errors import ConfigError, NetworkError, SourceError
+from .paths import write_text_atomic
 
 DEFAULT_ANCHORS = (
     "CMakeLists.txt",
@@ -200,6 +202,30 @@ def check_pin(
         source.verify_files_on_disk(tree, pin.files)
         ui.ok(f"{tree}: {len(pin.files)} files match the pin")
     ui.ok(f"pin covers the {len(series.patches)}-patch series ({len(pin.files)} checksums)")
+
+
+@app.command("corpus-sums")
+@handle_errors
+def corpus_sums(
+    root: Annotated[Path | None, typer.Option(help="corpora directory (default: corpora/ of this checkout)")] = None,
+    check: Annotated[bool, typer.Option(help="only check: fail when the file is not what it must say")] = False,
+) -> None:
+    """Write corpora/SHA256SUMS from the files under corpora/ (after a deliberate change)."""
+    from .bench import corpus
+
+    ui = start(False)
+    directory = root or corpus.default_dir()
+    want = corpus.sums_text(directory)
+    target = directory / corpus.SUMS
+    have = target.read_text(encoding="utf-8") if target.is_file() else None
+    if check:
+        if have != want:
+            raise ConfigError(f"{target} does not match the files under {directory}",
+                              hint="python -m turboctl.devtools corpus-sums rewrites it")
+        ui.ok(f"{target}: {want.count(chr(10))} files match")
+        return
+    write_text_atomic(target, want)
+    ui.ok(f"{target}: {want.count(chr(10))} files")
 
 
 @app.command("export-patches")

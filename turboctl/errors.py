@@ -181,4 +181,11 @@ class ServiceError(TurboctlError):
     exit_code = 24
 
 
+class CorpusError(TurboctlError):
+    """A text turboctl ships for its benchmarks (``corpora/``) is missing, changed (its sha256 is
+    not the recorded one) or malformed."""
+
+    exit_code = 25
+
+
 EXIT_INTERRUPTED = 130

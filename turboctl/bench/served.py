@@ -203,12 +203,15 @@ class BenchServer:
             raise BenchError(f"llama-server for {self.label}: {route} answered something that is not JSON "
                              f"during {what}: {r.text[:300]}", log_path=self.log) from None
 
-    def complete(self, prompt: str, *, n_predict: int, seed: int = 0) -> Completion:
-        """The raw prompt completed at temperature 0 (no template applied)."""
+    def complete(self, prompt: str, *, n_predict: int, seed: int = 0, cache_prompt: bool = False) -> Completion:
+        """The raw prompt completed at temperature 0 (no template applied). ``cache_prompt``
+        lets llama-server reuse the KV of the previous request's common prefix (a long session:
+        each turn's prompt extends the previous one; the reused cells were written by the same
+        configuration, so the figures stay this configuration's)."""
         if n_predict < 1:
             raise ValueError("n_predict must be at least 1")
         body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0.0, "seed": seed,
-                "return_tokens": True, "cache_prompt": False, "stream": False}
+                "return_tokens": True, "cache_prompt": cache_prompt, "stream": False}
         doc = self._post("/completion", body, "a completion")
         try:
             return parse_completion(doc)
@@ -223,9 +226,10 @@ class BenchServer:
             raise BenchError(f"llama-server for {self.label}: /apply-template returned no prompt", log_path=self.log)
         return str(doc["prompt"])
 
-    def chat(self, messages: Sequence[Mapping[str, str]], *, n_predict: int, seed: int = 0) -> Completion:
+    def chat(self, messages: Sequence[Mapping[str, str]], *, n_predict: int, seed: int = 0,
+             cache_prompt: bool = False) -> Completion:
         """A chat turn at temperature 0: the template applied by the server, then :meth:`complete`."""
-        return self.complete(self.apply_template(messages), n_predict=n_predict, seed=seed)
+        return self.complete(self.apply_template(messages), n_predict=n_predict, seed=seed, cache_prompt=cache_prompt)
 
     def tokenize(self, text: str) -> list[int]:
         """The model's tokens of ``text`` (no special tokens added)."""
@@ -234,3 +238,11 @@ class BenchServer:
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise BenchError(f"llama-server for {self.label}: /tokenize returned no token list", log_path=self.log)
         return list(tokens)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (the model's own detokenizer)."""
+        doc = self._post("/detokenize", {"tokens": list(tokens)}, "detokenizing")
+        content = doc.get("content") if isinstance(doc, dict) else None
+        if not isinstance(content, str):
+            raise BenchError(f"llama-server for {self.label}: /detokenize returned no text", log_path=self.log)
+        return content

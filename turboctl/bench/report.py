@@ -1,0 +1,137 @@
+"""``--report DIR``: a markdown report with PNG plots, made from the JSON documents the bench
+commands write (so a report can be made again later from saved documents: ``turboctl bench
+report DIR DOC.json ...``).
+
+Each document kind has one *section* function, ``section(doc) -> Section``, in the module of its
+benchmark (``report_section``); :data:`SECTIONS` maps a document's schema to it. A section is a
+title, its markdown, and its plots (file name -> a function that draws the plot into a file).
+
+The report is made in a temporary directory beside ``DIR`` and its files moved into ``DIR``
+only when everything rendered: a failed report leaves ``DIR`` as it was. ``DIR/report.md`` links
+the plots (``DIR/*.png``) and the documents it was made from (``DIR/data/*.json``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..build.manifest import now_iso
+from ..errors import BenchError
+
+REPORT = "report.md"
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    markdown: str
+    plots: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)  # file name (.png) -> draw into path
+
+
+SECTIONS: dict[str, str] = {
+    "turboctl.bench.kld/1": "turboctl.bench.kld:report_section",
+    "turboctl.bench.speed/1": "turboctl.bench.speed:report_section",
+    "turboctl.bench.memory/1": "turboctl.bench.memory:report_section",
+}
+"""schema -> ``module:function`` (imported when a report needs it)."""
+
+
+def section_for(doc: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Section]:
+    schema = doc.get("schema")
+    target = SECTIONS.get(schema) if isinstance(schema, str) else None
+    if target is None:
+        raise BenchError(f"cannot report a document of schema {schema!r}",
+                         hint="reports are made from the JSON of turboctl bench commands: " + ", ".join(SECTIONS))
+    module, _, name = target.partition(":")
+    fn: Callable[[Mapping[str, Any]], Section] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def load_document(path: Path) -> dict[str, Any]:
+    """A bench command's JSON document (``--output``), BenchError naming the file otherwise."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchError(f"no such file: {path}",
+                         hint="pass the files written by turboctl bench ... --output") from None
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str):
+        raise BenchError(f"{path}: not a turboctl bench document (no 'schema')")
+    return doc
+
+
+def _stem(doc: Mapping[str, Any], used: set[str]) -> str:
+    base = str(doc["schema"]).split("/")[0].removeprefix("turboctl.bench.")
+    stem, n = base, 1
+    while stem in used:
+        n += 1
+        stem = f"{base}-{n}"
+    used.add(stem)
+    return stem
+
+
+def _header(docs: Sequence[Mapping[str, Any]]) -> list[str]:
+    models = sorted({str(d.get("model", {}).get("path", "?")) if isinstance(d.get("model"), dict)
+                     else str(d.get("model", "?")) for d in docs})
+    llama: Mapping[str, Any] = next((d["llama"] for d in docs if isinstance(d.get("llama"), dict)), {})
+    pin = llama.get("pin", {}) if isinstance(llama, dict) else {}
+    lines = ["# turboctl bench report", "",
+             f"Made by turboctl {__version__} on {now_iso()} from {len(docs)} document(s) (in `data/`).", "",
+             "| | |", "|---|---|"]
+    lines.append(f"| model | {'; '.join(f'`{Path(m).name}`' for m in models)} |")
+    if pin:
+        lines.append(f"| llama.cpp | {pin.get('tag', '?')} ({str(pin.get('commit', '?'))[:12]}), "
+                     f"series head {str(llama.get('patches_head', '?'))[:12]}, backend {llama.get('backend', '?')} |")
+    return [*lines, ""]
+
+
+def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Path:
+    """Render ``docs`` into ``out_dir`` (see the module's text); the report's path."""
+    if not docs:
+        raise BenchError("no documents to report")
+    sections = [(doc, section_for(doc)(doc)) for doc in docs]
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        (tmp / "data").mkdir()
+        lines = _header(docs)
+        used: set[str] = set()
+        for doc, sec in sections:
+            stem = _stem(doc, used)
+            (tmp / "data" / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            lines += [f"## {sec.title}", "", sec.markdown.rstrip(), ""]
+            for name, draw in sec.plots.items():
+                if not name.endswith(".png") or "/" in name:
+                    raise BenchError(f"internal: plot name {name!r} is not a PNG file name")
+                file = f"{stem}-{name}"
+                draw(tmp / file)
+                plt.close("all")
+                if not (tmp / file).is_file():
+                    raise BenchError(f"the plot {file} of {sec.title} was not written")
+                lines += [f"![{name.removesuffix('.png')}]({file})", ""]
+            lines += [f"Data: [`data/{stem}.json`](data/{stem}.json)", ""]
+        (tmp / REPORT).write_text("\n".join(lines), encoding="utf-8")
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / "data").mkdir(exist_ok=True)
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file():
+                os.replace(path, out_dir / path.relative_to(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / REPORT
