@@ -257,11 +257,14 @@ class KldPlan:
     base_file: Path
     keep_base: bool
     log: Path
+    repack: bool = True  # False: --no-repack (where llama.cpp's CPU weight repacking fails)
 
     def _common(self) -> list[str]:
         args = [str(self.perplexity), "-m", str(self.model), "-f", str(self.corpus), "-c", str(self.ctx)]
         if self.chunks is not None:
             args += ["--chunks", str(self.chunks)]
+        if not self.repack:
+            args.append("--no-repack")
         return [*args, "-t", str(self.threads)]
 
     def base_command(self) -> list[str]:
@@ -274,7 +277,7 @@ class KldPlan:
 
 
 def make_plan(m: Manifest, paths: Paths, *, model: Path, corpus: Path, ctx: int, chunks: int | None,
-              threads: int | None, kv: Sequence[str], keep_base: bool) -> KldPlan:
+              threads: int | None, kv: Sequence[str], keep_base: bool, repack: bool = True) -> KldPlan:
     if ctx < 16:
         raise UsageError(f"--ctx {ctx}: must be at least 16")
     if chunks is not None and chunks < 1:
@@ -293,7 +296,7 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, corpus: Path, ctx: int,
     return KldPlan(perplexity=binary, model=model.resolve(), corpus=corpus.resolve(),
                    corpus_sha256=gitrepo.file_sha256(corpus), ctx=ctx, chunks=chunks,
                    threads=threads or os.cpu_count() or 1, configs=tuple(configs), base_file=base_file,
-                   keep_base=keep_base, log=log)
+                   keep_base=keep_base, log=log, repack=repack)
 
 
 # --------------------------------------------------------------------------- run

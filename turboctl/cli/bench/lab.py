@@ -11,7 +11,7 @@ from ...bench import speed as speed_logic
 from ...paths import get_paths
 from ...preflight import current_build
 from ..common import JsonOpt, handle_errors, start
-from .options import KvOpt, ModelOpt, OutputOpt, ReportOpt, ThreadsOpt, app, finish
+from .options import KvOpt, ModelOpt, NoRepackOpt, OutputOpt, ReportOpt, ThreadsOpt, app, finish
 
 
 @app.command("kld")
@@ -27,6 +27,7 @@ def kld(
     kv: KvOpt = None,
     output: OutputOpt = None,
     report: ReportOpt = None,
+    no_repack: NoRepackOpt = False,
     keep_base: Annotated[
         bool, typer.Option("--keep-base", help="Keep the f16 base logits file (deleted by default).")] = False,
     json_out: JsonOpt = False,
@@ -38,7 +39,7 @@ def kld(
     paths = get_paths()
     m = current_build(paths)
     plan = kld_logic.make_plan(m, paths, model=model, corpus=corpus, ctx=ctx, chunks=chunks, threads=threads,
-                               kv=kv or [], keep_base=keep_base)
+                               kv=kv or [], keep_base=keep_base, repack=not no_repack)
     result = kld_logic.run(plan, ui)
     finish(ui, kld_logic.to_json(result, m), output, json_out, lambda: kld_logic.render(result, m, ui), report)
 
@@ -54,6 +55,7 @@ def speed(
                                        help="KV depths (tokens already in the cache), comma-separated.")] = "0,4096",
     threads: ThreadsOpt = None,
     reps: Annotated[int, typer.Option("--reps", "-r", help="Repetitions per test.")] = 5,
+    no_repack: NoRepackOpt = False,
     output: OutputOpt = None,
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -65,6 +67,6 @@ def speed(
     paths = get_paths()
     m = current_build(paths)
     plan = speed_logic.make_plan(m, paths, model=model, kv=kv or [], n_prompt=n_prompt, n_gen=n_gen,
-                                 depth=depth, threads=threads, reps=reps)
+                                 depth=depth, threads=threads, reps=reps, repack=not no_repack)
     result = speed_logic.run(plan, ui)
     finish(ui, speed_logic.to_json(result, m), output, json_out, lambda: speed_logic.render(result, m, ui), report)

@@ -40,6 +40,9 @@ OptModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="The GGU
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Also write the JSON document to this file.",
                               show_default=False)]
+NoRepackOpt = Annotated[
+    bool, typer.Option("--no-repack", help="Leave llama.cpp's CPU weight repacking off (for a machine where it "
+                                           "crashes: a profile's --no-repack in server.args says the same).")]
 ReportOpt = Annotated[
     Path | None, typer.Option("--report", help="Also write a markdown report with PNG plots into this directory.",
                               show_default=False)]
