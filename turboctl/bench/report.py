@@ -95,8 +95,26 @@ def _header(docs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+SUITE_SCHEMA = "turboctl.bench.all/1"
+
+
+def expand(docs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``bench all``'s document stands for the documents of its steps."""
+    out: list[Mapping[str, Any]] = []
+    for doc in docs:
+        if doc.get("schema") == SUITE_SCHEMA:
+            inner = doc.get("documents")
+            if not isinstance(inner, list) or not all(isinstance(d, dict) for d in inner):
+                raise BenchError("a bench all document without its 'documents' list")
+            out += inner
+        else:
+            out.append(doc)
+    return out
+
+
 def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Path:
     """Render ``docs`` into ``out_dir`` (see the module's text); the report's path."""
+    docs = expand(docs)
     if not docs:
         raise BenchError("no documents to report")
     sections = [(doc, section_for(doc)(doc)) for doc in docs]

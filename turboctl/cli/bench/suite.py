@@ -1,0 +1,72 @@
+"""``turboctl bench all``: every benchmark on one model, one document, one report."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ...bench import store, suite
+from ...paths import get_paths
+from ...preflight import current_build
+from ..common import JsonOpt, handle_errors, start
+from .options import (
+    KvOpt,
+    NoRepackOpt,
+    OptModelOpt,
+    OutputOpt,
+    ProfileOpt,
+    ReportOpt,
+    ThreadsOpt,
+    app,
+    finish,
+    model_and_profile,
+)
+
+
+@app.command("all")
+@handle_errors
+def bench_all(
+    model: OptModelOpt = None,
+    profile: ProfileOpt = None,
+    kv: KvOpt = None,
+    only: Annotated[str | None, typer.Option("--only", help=f"Run only these steps, comma-separated "
+                                                           f"({', '.join(suite.STEPS)}).", show_default=False)] = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", "-f", help="kld: the text to evaluate on (kld is left "
+                                                                       "out without it).", show_default=False)] = None,
+    kld_ctx: Annotated[int, typer.Option("--kld-ctx", help="kld: tokens per chunk.")] = 2048,
+    chunks: Annotated[int | None, typer.Option("--chunks", help="kld: only the first N chunks.",
+                                               show_default=False)] = None,
+    ctx_list: Annotated[str | None, typer.Option("--ctx-list", help="memory: the contexts (default: memory's).",
+                                                 show_default=False)] = None,
+    n_prompt: Annotated[int, typer.Option("-p", "--n-prompt", help="speed: prompt tokens per pp test.")] = 512,
+    n_gen: Annotated[int, typer.Option("-n", "--n-gen", help="speed: generated tokens per tg test.")] = 128,
+    depth: Annotated[str, typer.Option("--depth", "-d", help="speed: KV depths, comma-separated.")] = "0,4096",
+    reps: Annotated[int, typer.Option("--reps", "-r", help="speed: repetitions per test.")] = 5,
+    threads: ThreadsOpt = None,
+    no_repack: NoRepackOpt = False,
+    output: OutputOpt = None,
+    report: ReportOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Every benchmark on one model with the same configurations: memory, speed, kld (with
+    --corpus), niah, prompts, long-session; one JSON document and one report (--report DIR).
+
+    Each finished step is cached: an interrupted run resumes at the step it was in."""
+    ui = start(json_out)
+    paths = get_paths()
+    m = current_build(paths)
+    steps = suite.parse_only(only)
+    model_path, extra_kv, server_args = model_and_profile(model, profile, paths, ui)
+    target = suite.Target(model_path, tuple(extra_kv), server_args)
+    settings = suite.SuiteSettings(kv=tuple(kv or ()), threads=threads, no_repack=no_repack, ctx_list=ctx_list,
+                                   n_prompt=n_prompt, n_gen=n_gen, depth=depth, reps=reps, corpus=corpus,
+                                   kld_ctx=kld_ctx, chunks=chunks)
+    sha = store.model_sha256(model_path, paths, ui)
+    result = suite.run(m, paths, ui, target, settings, steps, sha)
+    document = suite.to_json(result, target, sha)
+
+    def render() -> None:
+        ui.table("bench all", ["step", "status"], [[s["step"], s["status"] + (f" ({s['reason']})" if "reason" in s
+                                                                             else "")] for s in result.steps])
+
+    finish(ui, document, output, json_out, render, report)
