@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,12 @@ from .. import __version__, preflight, proc
 from ..build import gitrepo
 from ..build.manifest import Manifest, now_iso
 from ..errors import BenchError, UsageError
+from ..kv.config import is_turbo
 from ..kv.recipe import RecipePlan, parse_recipe_list
 from ..paths import Paths
 from ..ui import UI
 from . import common
+from .report import Fields, Section, figure, md_table, save
 
 SCHEMA = "turboctl.bench.kld/1"
 DEFAULT_KV = ("f16", "q8_0", "q4_0", "iq4_nl", "turbo4", "turbo3", "turbo2", "q8_0/turbo3")
@@ -490,3 +492,112 @@ def render(report: KldReport, m: Manifest, ui: UI) -> None:
     for note in notes(report):
         ui.info(("* " if note == ROTATION_NOTE else "note: ") + note)
 
+
+
+# --------------------------------------------------------------------------- report
+def _kind(r: Fields) -> str:
+    """upstream / turbo / recipe: how a result is marked on the Pareto plot."""
+    recipe = r.sub("recipe")
+    if recipe.opt_text("rules") is not None or recipe.opt_integer("mode") is not None:
+        return "recipe"
+    return "turbo" if is_turbo(r.text("type_k")) or is_turbo(r.text("type_v")) else "upstream"
+
+
+_KIND_STYLE = {"upstream": ("o", "tab:blue", "upstream llama.cpp types"),
+               "turbo": ("^", "tab:red", "TurboQuant types (turbo2/3/4, alone or paired)"),
+               "recipe": ("s", "tab:green", "per-layer recipes")}
+
+
+@dataclass(frozen=True)
+class _Row:
+    label: str
+    bits: float
+    kind: str
+    rotated: bool
+    mean: float
+    mean_err: float
+    k99: float
+    top: float
+    top_err: float
+    ppl: float
+    ppl_err: float
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """The indices of the points that no other point beats on both bits/value and KLD (fewer or
+    equal bits and lower or equal KLD, one of them strictly), by bits/value."""
+    front = []
+    for i, (b, k) in enumerate(points):
+        beaten = any((b2 <= b and k2 <= k) and (b2 < b or k2 < k) for j, (b2, k2) in enumerate(points) if j != i)
+        if not beaten:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def report_section(doc: Mapping[str, Any]) -> Section:
+    """The report's section of a ``bench kld`` document: the table and the Pareto plot (mean KLD
+    against bits/value; upstream types, turbo types and per-layer recipes marked apart)."""
+    f = Fields.of(doc)
+    base = f.sub("base")
+    corpus = f.sub("corpus")
+    results = f.items("results")
+    if not results:
+        raise BenchError(f"a {SCHEMA} document without results: nothing to report")
+    base_ppl = base.num("ppl")
+    rows_data = [_Row(label=r.text("label"), bits=r.num("bits_per_value"), kind=_kind(r),
+                      rotated=r.flag("upstream_rotated"), mean=r.num("mean_kld"), mean_err=r.num("mean_kld_error"),
+                      k99=r.num("kld_99"), top=r.num("same_top_p"), top_err=r.num("same_top_p_error"),
+                      ppl=r.num("ppl"), ppl_err=r.num("ppl_error")) for r in results]
+    front = set(pareto_front([(x.bits, x.mean) for x in rows_data]))
+    chunks = f.opt_integer("chunks_run")
+    lines = [
+        f"Model `{Path(f.sub('model').text('path')).name}`, corpus `{corpus.text('name')}` "
+        f"(sha256 `{corpus.text('sha256')[:16]}`), context {f.integer('ctx')}, "
+        f"{chunks if chunks is not None else '?'} chunk(s), {f.integer('threads')} thread(s). "
+        f"Base: f16 K/V, PPL {base_ppl:.4f} ± {base.num('ppl_error'):.4f}.", ""]
+    rows = []
+    for i, x in enumerate(rows_data):
+        rows.append([x.label + (" *" if x.rotated else ""), f"{x.bits:g}",
+                     f"{x.mean:.6f} ± {x.mean_err:.6f}", f"{x.k99:.6f}",
+                     f"{x.top:.3f} ± {x.top_err:.3f}", f"{x.ppl:.4f} ± {x.ppl_err:.4f}",
+                     f"{x.ppl / base_ppl:.4f}" if base_ppl > 0 else "", "yes" if i in front else ""])
+    lines.append(md_table(["K/V", "bits/value", "mean KLD", "99.0% KLD", "same top token %", "PPL",
+                           "PPL / f16 base", "Pareto front"], rows))
+    lines.append("")
+    check = f.opt_sub("pipeline_check")
+    if check is not None:
+        lines.append(f"Pipeline check (f16 against its own base): mean KLD {check.num('f16_mean_kld'):.6f}, "
+                     f"limit {check.num('limit'):g}: {'ok' if check.flag('ok') else 'FAILED'}.")
+        lines.append("")
+    for note in f.strs("notes"):
+        lines += [("\\* " if note == ROTATION_NOTE else "Note: ") + note, ""]
+    positive = [x for x in rows_data if x.mean > 0]
+    log_scale = bool(positive) and max(x.mean for x in positive) / min(x.mean for x in positive) > 10
+    off_axis = [x for x in rows_data if x.mean <= 0] if log_scale else []
+    if off_axis:
+        lines += ["Not on the plot's log axis (mean KLD <= 0): " + ", ".join(
+            f"{x.label} ({x.mean:.6f})" for x in off_axis) + ".", ""]
+
+    def draw(path: Path) -> None:
+        fig, ax = figure(f"KL divergence vs bits/value ({Path(f.sub('model').text('path')).name})",
+                         "bits per K/V value (including block scales)", "mean KLD against f16 K/V")
+        shown = [x for x in rows_data if not (log_scale and x.mean <= 0)]
+        for kind, (marker, color, name) in _KIND_STYLE.items():
+            pts = [x for x in shown if x.kind == kind]
+            if pts:
+                ax.scatter([x.bits for x in pts], [x.mean for x in pts], marker=marker, color=color,
+                           s=50, label=name, zorder=3)
+        for x in shown:
+            ax.annotate(x.label, (x.bits, x.mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        on_front = [rows_data[i] for i in sorted(front, key=lambda i: rows_data[i].bits)
+                    if not (log_scale and rows_data[i].mean <= 0)]
+        if len(on_front) > 1:
+            ax.step([x.bits for x in on_front], [x.mean for x in on_front], where="post", linestyle="--",
+                    color="gray", alpha=0.6, label="Pareto front", zorder=2)
+        if log_scale:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        save(fig, path)
+
+    return Section(title="KL divergence against f16 K/V (bench kld)", markdown="\n".join(lines),
+                   plots={"pareto.png": draw})

@@ -21,7 +21,7 @@ Results are cached per (configuration, context) in :class:`turboctl.bench.store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from ..serve import fit as fit_mod
 from ..serve import whatif
 from ..ui import UI
 from . import common, store
+from .report import Fields, Section, figure, md_table, save
 from .served import BenchServer
 
 NAME = "memory"
@@ -346,3 +347,90 @@ def render(report: MemoryReport, m: Manifest, ui: UI) -> None:
 
 def schema_path() -> Path:
     return Path(__file__).resolve().parent.parent / "schemas" / "bench-memory.schema.json"
+
+
+# --------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class _Cell:
+    context: int
+    log_total: int | None  # None: does not fit
+    arith_total: int | None
+    difference: int | None
+    difference_pct: float | None
+    note: str | None
+
+
+def _cells(c: Fields) -> list[_Cell]:
+    out = []
+    for x in c.items("contexts"):
+        status = x.text("status")
+        if status == "measured":
+            out.append(_Cell(x.integer("context"), x.sub("log").integer("total_bytes"),
+                             x.sub("arithmetic").integer("total_bytes"), x.integer("difference_bytes"),
+                             x.num("difference_pct"), x.opt_text("note")))
+        elif status == "does-not-fit":
+            out.append(_Cell(x.integer("context"), None, None, None, None, x.text("reason")))
+        else:
+            raise BenchError(f"a {SCHEMA} document's {x.where}.status is {status!r}: expected 'measured' or "
+                             "'does-not-fit'")
+    return out
+
+
+def report_section(doc: Mapping[str, Any]) -> Section:
+    """The report's section of a ``bench memory`` document: the table, and KV bytes against the
+    context per configuration (llama-server's log as measured, the bits/value arithmetic dashed)."""
+    f = Fields.of(doc)
+    model = f.sub("model")
+    budget = f.sub("budget")
+    configs = f.items("configurations")
+    name = Path(model.text("path")).name
+    lines = [f"Model `{name}` (trained at {model.integer('n_ctx_train')} tokens); budget "
+             f"{fit_mod.human(budget.integer('bytes'))} ({budget.text('source')}). Measured: the KV bytes "
+             "llama-server's log reports; arithmetic: the recipe's bits/value at the context.", ""]
+    rows = []
+    series: list[tuple[str, list[_Cell]]] = []
+    notes: list[str] = []
+    for c in configs:
+        label, bits = c.text("label"), c.num("bits_per_value")
+        largest = c.opt_integer("largest_context")
+        largest_text = str(largest) if largest is not None else (c.opt_text("largest_context_note") or "none fits")
+        cells = _cells(c)
+        series.append((label, cells))
+        notes += [f"{label}: {n}" for n in c.strs("notes")]
+        for x in cells:
+            if x.log_total is None:
+                rows.append([label, f"{bits:.2f}", str(x.context), "does not fit", "", "", "", largest_text])
+                notes.append(f"{label} at {x.context}: does not fit ({x.note})")
+                continue
+            assert x.arith_total is not None and x.difference is not None and x.difference_pct is not None
+            rows.append([label, f"{bits:.2f}", str(x.context), f"{x.log_total} ({_mib(x.log_total)})",
+                         f"{x.arith_total} ({_mib(x.arith_total)})", str(x.difference), f"{x.difference_pct:.4f}",
+                         largest_text])
+            if x.note:
+                notes.append(f"{label} at {x.context}: {x.note}")
+        if not cells:
+            rows.append([label, f"{bits:.2f}", "", "", "", "", "", largest_text])
+    lines.append(md_table(["K/V", "bits/value", "context", "KV bytes (log)", "KV bytes (arithmetic)",
+                           "difference", "%", "largest context that fits"], rows))
+    lines.append("")
+    if f.sub("summary").flag("all_zero_difference"):
+        lines += ["Every measured configuration: 0 bytes difference between the log and the arithmetic.", ""]
+    lines += [f"- {n}" for n in notes]
+
+    def draw(path: Path) -> None:
+        fig, ax = figure(f"KV cache bytes vs context ({name})", "context (tokens)", "KV cache (MiB)")
+        for i, (label, cells) in enumerate(series):
+            color = f"C{i % 10}"
+            got = [x for x in cells if x.log_total is not None and x.arith_total is not None]
+            if not got:
+                continue
+            ax.plot([x.context for x in got], [(x.log_total or 0) / 2**20 for x in got], marker="o", color=color,
+                    label=f"{label} (measured)")
+            ax.plot([x.context for x in got], [(x.arith_total or 0) / 2**20 for x in got], linestyle="--",
+                    marker="x", color=color, alpha=0.7, label=f"{label} (arithmetic)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+        save(fig, path)
+
+    plots = {"kv-bytes-vs-context.png": draw} if any(x.log_total is not None for _, cs in series for x in cs) else {}
+    return Section(title="KV cache memory (bench memory)", markdown="\n".join(lines), plots=plots)

@@ -45,6 +45,144 @@ SECTIONS: dict[str, str] = {
 """schema -> ``module:function`` (imported when a report needs it)."""
 
 
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_report` wrote: the report, its plots and the documents it was made from."""
+
+    report: Path
+    plots: tuple[Path, ...]
+    documents: tuple[Path, ...]
+
+
+class Fields:
+    """A document's fields as a section reads them: each one must be there, with its type (a
+    missing or mistyped field is a BenchError naming it, e.g. ``results[2].mean_kld``; nothing is
+    defaulted). ``opt_*``: the field must be there, and may be null."""
+
+    def __init__(self, data: Any, schema: str, where: str = "") -> None:
+        self.data = data
+        self.schema = schema
+        self.where = where
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> Fields:
+        return cls(doc, str(doc.get("schema", "?")))
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def _fail(self, key: str, what: str) -> BenchError:
+        return BenchError(f"a {self.schema} document {what}: '{self._path(key)}'",
+                          hint="report the documents a turboctl bench command wrote (--output), unedited")
+
+    def has(self, key: str) -> bool:
+        return isinstance(self.data, Mapping) and key in self.data
+
+    def raw(self, key: str) -> Any:
+        if not self.has(key):
+            raise self._fail(key, "without the field")
+        return self.data[key]
+
+    def num(self, key: str) -> float:
+        value = self.raw(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(key, f"with a non-number ({value!r}) in the field")
+        return float(value)
+
+    def opt_num(self, key: str) -> float | None:
+        return None if self.raw(key) is None else self.num(key)
+
+    def integer(self, key: str) -> int:
+        value = self.raw(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, f"with a non-integer ({value!r}) in the field")
+        return value
+
+    def opt_integer(self, key: str) -> int | None:
+        return None if self.raw(key) is None else self.integer(key)
+
+    def text(self, key: str) -> str:
+        value = self.raw(key)
+        if not isinstance(value, str):
+            raise self._fail(key, f"with a non-string ({value!r}) in the field")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        return None if self.raw(key) is None else self.text(key)
+
+    def flag(self, key: str) -> bool:
+        value = self.raw(key)
+        if not isinstance(value, bool):
+            raise self._fail(key, f"with a non-boolean ({value!r}) in the field")
+        return value
+
+    def sub(self, key: str) -> Fields:
+        value = self.raw(key)
+        if not isinstance(value, Mapping):
+            raise self._fail(key, "with a non-object in the field")
+        return Fields(value, self.schema, self._path(key))
+
+    def opt_sub(self, key: str) -> Fields | None:
+        return None if self.raw(key) is None else self.sub(key)
+
+    def items(self, key: str) -> list[Fields]:
+        """A list of objects."""
+        value = self.raw(key)
+        if not isinstance(value, list):
+            raise self._fail(key, "with a non-list in the field")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                raise self._fail(f"{key}[{i}]", "with a non-object in the field")
+            out.append(Fields(item, self.schema, f"{self._path(key)}[{i}]"))
+        return out
+
+    def strs(self, key: str) -> list[str]:
+        value = self.raw(key)
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise self._fail(key, "with something else than a list of strings in the field")
+        return list(value)
+
+    def ints(self, key: str) -> list[int]:
+        value = self.raw(key)
+        if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            raise self._fail(key, "with something else than a list of integers in the field")
+        return list(value)
+
+
+def md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table (``|`` in a cell escaped)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
+    """A new matplotlib figure and its axes (Agg: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def section_for(doc: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Section]:
     schema = doc.get("schema")
     target = SECTIONS.get(schema) if isinstance(schema, str) else None
@@ -83,7 +221,8 @@ def _stem(doc: Mapping[str, Any], used: set[str]) -> str:
 def _header(docs: Sequence[Mapping[str, Any]]) -> list[str]:
     models = sorted({str(d.get("model", {}).get("path", "?")) if isinstance(d.get("model"), dict)
                      else str(d.get("model", "?")) for d in docs})
-    llama: Mapping[str, Any] = next((d["llama"] for d in docs if isinstance(d.get("llama"), dict)), {})
+    llama: Mapping[str, Any] = next((d[k] for d in docs for k in ("llama", "llama_cpp") if isinstance(d.get(k), dict)),
+                                    {})
     pin = llama.get("pin", {}) if isinstance(llama, dict) else {}
     lines = ["# turboctl bench report", "",
              f"Made by turboctl {__version__} on {now_iso()} from {len(docs)} document(s) (in `data/`).", "",
@@ -112,8 +251,8 @@ def expand(docs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return out
 
 
-def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Path:
-    """Render ``docs`` into ``out_dir`` (see the module's text); the report's path."""
+def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Written:
+    """Render ``docs`` into ``out_dir`` (see the module's text)."""
     docs = expand(docs)
     if not docs:
         raise BenchError("no documents to report")
@@ -129,10 +268,13 @@ def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Path:
 
         (tmp / "data").mkdir()
         lines = _header(docs)
+        plots: list[str] = []
+        data: list[str] = []
         used: set[str] = set()
         for doc, sec in sections:
             stem = _stem(doc, used)
             (tmp / "data" / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            data.append(f"data/{stem}.json")
             lines += [f"## {sec.title}", "", sec.markdown.rstrip(), ""]
             for name, draw in sec.plots.items():
                 if not name.endswith(".png") or "/" in name:
@@ -142,6 +284,7 @@ def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Path:
                 plt.close("all")
                 if not (tmp / file).is_file():
                     raise BenchError(f"the plot {file} of {sec.title} was not written")
+                plots.append(file)
                 lines += [f"![{name.removesuffix('.png')}]({file})", ""]
             lines += [f"Data: [`data/{stem}.json`](data/{stem}.json)", ""]
         (tmp / REPORT).write_text("\n".join(lines), encoding="utf-8")
@@ -152,4 +295,4 @@ def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Path:
                 os.replace(path, out_dir / path.relative_to(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir / REPORT
+    return Written(out_dir / REPORT, tuple(out_dir / p for p in plots), tuple(out_dir / d for d in data))

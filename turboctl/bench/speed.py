@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from ..kv.recipe import RecipePlan, parse_recipe_list
 from ..paths import Paths
 from ..ui import UI
 from . import common
+from .report import Fields, Section, figure, md_table, save
 
 SCHEMA = "turboctl.bench.speed/1"
 DEFAULT_KV = ("f16", "q8_0", "q4_0", "turbo4", "turbo3", "turbo2")
@@ -291,3 +292,75 @@ def render(report: SpeedReport, m: Manifest, ui: UI) -> None:
                 cells.append(f"{value:.3f}" if value is not None else "")
             rows.append(cells)
     ui.table("llama-bench tokens per second", columns, rows)
+
+
+# --------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class _Point:
+    label: str
+    bits: float
+    test: str
+    generation: bool  # a tg test (else pp)
+    depth: int
+    avg: float
+    stddev: float
+    ratios: tuple[float | None, ...]
+
+
+def _points(f: Fields) -> tuple[list[str], list[_Point]]:
+    results = f.items("results")
+    if not results:
+        raise BenchError(f"a {SCHEMA} document without results: nothing to report")
+    tests = [t for r in results for t in r.items("tests")]
+    refs = sorted({k for t in tests for k in t.data if k.startswith("ratio_vs_")})
+    points = []
+    for r in results:
+        label, bits = r.text("label"), r.num("bits_per_value")
+        for t in r.items("tests"):
+            n_prompt, n_gen = t.integer("n_prompt"), t.integer("n_gen")
+            if (n_prompt > 0) == (n_gen > 0):
+                raise BenchError(f"a {SCHEMA} document's {t.where}: a test of {n_prompt} prompt and {n_gen} "
+                                 "generated tokens (bench speed runs pp and tg tests apart, each > 0)")
+            points.append(_Point(label, bits, t.text("test"), n_gen > 0, t.integer("depth"), t.num("avg_ts"),
+                                 t.num("stddev_ts"), tuple(t.opt_num(k) for k in refs)))
+    return refs, points
+
+
+def report_section(doc: Mapping[str, Any]) -> Section:
+    """The report's section of a ``bench speed`` document: the table, and generation and prompt
+    tokens/s against the depth (a line per configuration)."""
+    f = Fields.of(doc)
+    refs, points = _points(f)
+    model = Path(f.sub("model").text("path")).name
+    lines = [f"Model `{model}`: pp{f.integer('n_prompt')} and tg{f.integer('n_gen')} at depth "
+             f"{', '.join(map(str, f.ints('depths')))}; {f.integer('reps')} repetition(s), "
+             f"{f.integer('threads')} thread(s); llama-bench, flash attention on.", ""]
+    rows = [[p.label, f"{p.bits:g}", p.test, str(p.depth), f"{p.avg:.2f} ± {p.stddev:.2f}",
+             *[f"{r:.3f}" if r is not None else "" for r in p.ratios]]
+            for p in sorted(points, key=lambda p: (p.generation, p.depth))]
+    lines.append(md_table(["K/V", "bits/value", "test", "depth", "tokens/s",
+                           *[f"vs {r.removeprefix('ratio_vs_')}" for r in refs]], rows))
+    labels = list(dict.fromkeys(p.label for p in points))
+
+    def plot(generation: bool) -> Any:
+        def draw(path: Path) -> None:
+            what = "generation" if generation else "prompt processing"
+            fig, ax = figure(f"{what} speed vs depth ({model})", "depth (tokens already in the KV cache)",
+                             f"{what} tokens/s")
+            for label in labels:
+                pts = sorted((p for p in points if p.label == label and p.generation == generation),
+                             key=lambda p: p.depth)
+                if pts:
+                    ax.errorbar([p.depth for p in pts], [p.avg for p in pts], yerr=[p.stddev for p in pts],
+                                marker="o", capsize=3, label=f"{label} ({pts[0].test})")
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=8)
+            save(fig, path)
+        return draw
+
+    plots = {}
+    if any(p.generation for p in points):
+        plots["generation-vs-depth.png"] = plot(True)
+    if any(not p.generation for p in points):
+        plots["prompt-vs-depth.png"] = plot(False)
+    return Section(title="Prompt and generation speed (bench speed)", markdown="\n".join(lines), plots=plots)

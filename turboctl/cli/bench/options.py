@@ -65,7 +65,7 @@ def finish(ui: UI, document: dict[str, Any], output: Path | None, json_out: bool
         if output is not None:
             ui.ok(f"results: {output}")
         if report is not None:
-            ui.ok(f"report: {written}")
+            ui.ok(f"report: {written.report}")
 
 
 def model_and_profile(model: Path | None, profile: str | None, paths: Paths,
