@@ -579,7 +579,7 @@ def report_section(doc: Mapping[str, Any]) -> Section:
             f"{x.label} ({x.mean:.6f})" for x in off_axis) + ".", ""]
 
     def draw(path: Path) -> None:
-        fig, ax = figure(f"KL divergence vs bits/value ({Path(f.sub('model').text('path')).name})",
+        fig, ax = figure(f"KL divergence vs bits/value\n{Path(f.sub('model').text('path')).name}",
                          "bits per K/V value (including block scales)", "mean KLD against f16 K/V")
         shown = [x for x in rows_data if not (log_scale and x.mean <= 0)]
         for kind, (marker, color, name) in _KIND_STYLE.items():
@@ -587,8 +587,9 @@ def report_section(doc: Mapping[str, Any]) -> Section:
             if pts:
                 ax.scatter([x.bits for x in pts], [x.mean for x in pts], marker=marker, color=color,
                            s=50, label=name, zorder=3)
-        for x in shown:
-            ax.annotate(x.label, (x.bits, x.mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for n, x in enumerate(sorted(shown, key=lambda x: (x.bits, x.mean))):  # labels above and below in turn
+            ax.annotate(x.label, (x.bits, x.mean), textcoords="offset points", xytext=(5, 6 if n % 2 == 0 else -12),
+                        fontsize=8)
         on_front = [rows_data[i] for i in sorted(front, key=lambda i: rows_data[i].bits)
                     if not (log_scale and rows_data[i].mean <= 0)]
         if len(on_front) > 1:

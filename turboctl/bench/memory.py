@@ -418,7 +418,7 @@ def report_section(doc: Mapping[str, Any]) -> Section:
     lines += [f"- {n}" for n in notes]
 
     def draw(path: Path) -> None:
-        fig, ax = figure(f"KV cache bytes vs context ({name})", "context (tokens)", "KV cache (MiB)")
+        fig, ax = figure(f"KV cache bytes vs context\n{name}", "context (tokens)", "KV cache (MiB)")
         for i, (label, cells) in enumerate(series):
             color = f"C{i % 10}"
             got = [x for x in cells if x.log_total is not None and x.arith_total is not None]

@@ -72,7 +72,7 @@ class Fields:
         return f"{self.where}.{key}" if self.where else key
 
     def _fail(self, key: str, what: str) -> BenchError:
-        return BenchError(f"a {self.schema} document {what}: '{self._path(key)}'",
+        return BenchError(f"a {self.schema} document {what} '{self._path(key)}'",
                           hint="report the documents a turboctl bench command wrote (--output), unedited")
 
     def has(self, key: str) -> bool:
@@ -168,7 +168,7 @@ def figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)

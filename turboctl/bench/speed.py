@@ -345,7 +345,7 @@ def report_section(doc: Mapping[str, Any]) -> Section:
     def plot(generation: bool) -> Any:
         def draw(path: Path) -> None:
             what = "generation" if generation else "prompt processing"
-            fig, ax = figure(f"{what} speed vs depth ({model})", "depth (tokens already in the KV cache)",
+            fig, ax = figure(f"{what} speed vs depth\n{model}", "depth (tokens already in the KV cache)",
                              f"{what} tokens/s")
             for label in labels:
                 pts = sorted((p for p in points if p.label == label and p.generation == generation),
