@@ -199,6 +199,11 @@ HINT = "report the documents a turboctl bench command wrote (--output), unedited
      "a turboctl.bench.kld/1 document without the field 'results[8].recipe.rules'"),
     ("kld", lambda d: put(d, "yes", "results", 2, "upstream_rotated"),
      "a turboctl.bench.kld/1 document with a non-boolean ('yes') in the field 'results[2].upstream_rotated'"),
+    ("kld", lambda d: put(d, 5, "results", 0, "label"),
+     "a turboctl.bench.kld/1 document with a non-string (5) in the field 'results[0].label'"),
+    ("kld", lambda d: put(d, [], "base"), "a turboctl.bench.kld/1 document with a non-object in the field 'base'"),
+    ("speed", lambda d: put(d, [0, "256"], "depths"),
+     "a turboctl.bench.speed/1 document with something else than a list of integers in the field 'depths'"),
     ("kld", lambda d: put(d, {}, "results"),
      "a turboctl.bench.kld/1 document with a non-list in the field 'results'"),
     ("kld", lambda d: put(d, [], "results"), "a turboctl.bench.kld/1 document without results: nothing to report"),
@@ -231,6 +236,17 @@ def test_a_document_missing_a_figure_is_an_error_naming_it(name: str, change: An
     assert exc.value.message.startswith(message), exc.value.message
     if "field" in message:
         assert exc.value.hint == HINT
+
+
+def badly_named_section(doc: dict[str, Any]) -> report.Section:
+    return report.Section("bad", "text", plots={"x.svg": lambda path: None})
+
+
+def test_a_plot_that_is_not_a_png_file_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(report.SECTIONS, "turboctl.bench.bad/1", "tests.unit.test_bench_report:badly_named_section")
+    with pytest.raises(BenchError, match=r"^internal: plot name 'x.svg' is not a PNG file name$"):
+        report.write_report(tmp_path / "w" / "r", [{"schema": "turboctl.bench.bad/1"}])
+    assert list((tmp_path / "w").iterdir()) == []
 
 
 def test_report_errors(tmp_path: Path) -> None:
