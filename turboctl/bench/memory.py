@@ -429,7 +429,7 @@ def report_section(doc: Mapping[str, Any]) -> Section:
             ax.plot([x.context for x in got], [(x.arith_total or 0) / 2**20 for x in got], linestyle="--",
                     marker="x", color=color, alpha=0.7, label=f"{label} (arithmetic)")
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         save(fig, path)
 
     plots = {"kv-bytes-vs-context.png": draw} if any(x.log_total is not None for _, cs in series for x in cs) else {}

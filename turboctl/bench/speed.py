@@ -354,7 +354,7 @@ def report_section(doc: Mapping[str, Any]) -> Section:
                     ax.errorbar([p.depth for p in pts], [p.avg for p in pts], yerr=[p.stddev for p in pts],
                                 marker="o", capsize=3, label=f"{label} ({pts[0].test})")
             ax.set_ylim(bottom=0)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             save(fig, path)
         return draw
 
