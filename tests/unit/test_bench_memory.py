@@ -230,6 +230,19 @@ def test_a_profile_gives_the_model_its_recipe_and_its_server_args(world: dict[st
     assert FakeServer.started == [("f16", 1024), ("turbo3", 1024)]
 
 
+def test_no_repack_reaches_the_server_once(world: dict[str, Any], tmp_path: Path) -> None:
+    res = bench(world, "--kv", "f16", "--ctx-list", "1024", "--no-repack", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["settings"]["extra_args"] == ["--no-repack"]
+    from tests.integration.serveproc import write_profile
+
+    profile = write_profile(tmp_path / "p.yaml", "p", world["model"], "turbo3", context=2048)
+    res = runner.invoke(app, ["bench", "memory", "--profile", str(profile), "--kv", "f16", "--ctx-list", "1024",
+                              "--no-repack", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["settings"]["extra_args"] == ["--no-repack"]  # the profile says it already
+
+
 def test_a_context_that_does_not_fit_is_reported(world: dict[str, Any]) -> None:
     FakeServer.no_fit_above = 2048
     res = bench(world, "--kv", "f16", "--ctx-list", "2048,4096", "--json")

@@ -89,3 +89,10 @@ def progress(ui: UI, description: str) -> Iterator[Callable[[float, float], None
         yield update
         if last[0]:
             bar.update(last[0], last[0])
+
+
+def with_no_repack(server_args: Sequence[str], no_repack: bool) -> tuple[str, ...]:
+    """llama-server arguments (a profile's) plus ``--no-repack`` when asked for, once."""
+    if no_repack and "--no-repack" not in server_args and "-nr" not in server_args:
+        return (*server_args, "--no-repack")
+    return tuple(server_args)

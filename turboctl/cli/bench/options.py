@@ -82,3 +82,4 @@ def model_and_profile(model: Path | None, profile: str | None, paths: Paths,
     base = prof.origin.parent if prof.origin else None
     got = fetch.resolve_model(prof.model, paths, ui, base_dir=base)
     return got.path, [prof.kv.recipe_text()], tuple(prof.server.args) if prof.server else ()
+

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from ...bench import store, suite
+from ...bench.common import with_no_repack
 from ...paths import get_paths
 from ...preflight import current_build
 from ..common import JsonOpt, handle_errors, start
@@ -57,7 +58,7 @@ def bench_all(
     m = current_build(paths)
     steps = suite.parse_only(only)
     model_path, extra_kv, server_args = model_and_profile(model, profile, paths, ui)
-    target = suite.Target(model_path, tuple(extra_kv), server_args)
+    target = suite.Target(model_path, tuple(extra_kv), with_no_repack(server_args, no_repack))
     settings = suite.SuiteSettings(kv=tuple(kv or ()), threads=threads, no_repack=no_repack, ctx_list=ctx_list,
                                    n_prompt=n_prompt, n_gen=n_gen, depth=depth, reps=reps, corpus=corpus,
                                    kld_ctx=kld_ctx, chunks=chunks)
