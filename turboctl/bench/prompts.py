@@ -483,6 +483,15 @@ def summary_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return columns, rows
 
 
+def short(text: str, n: int) -> str:
+    """``text`` on one line; when longer than ``n``, its start and its end around ' ... '."""
+    flat = " ".join(text.split())
+    if len(flat) <= n:
+        return flat
+    half = (n - 5) // 2
+    return f"{flat[:half]} ... {flat[-half:]}"
+
+
 def side_by_side_lines(doc: Mapping[str, Any], width: int) -> list[str]:
     """Each prompt's answers in columns (f16 first), wrapped to fit ``width`` characters."""
     configs = doc["configurations"]
@@ -491,7 +500,7 @@ def side_by_side_lines(doc: Mapping[str, Any], width: int) -> list[str]:
     out: list[str] = []
     for i, p in enumerate(doc["prompts"]):
         out.append("")
-        out.append(f"{p['id']} ({p['category']}): {p['question'][:width - 20]}")
+        out.append(f"{p['id']} ({p['category']}): {short(p['question'], max(40, width - 30))}")
         blocks = []
         for c in configs:
             o = c["outputs"][i]
@@ -546,7 +555,7 @@ def report_section(doc: Mapping[str, Any]) -> Section:
     configs = doc["configurations"]
     for i, p in enumerate(doc["prompts"]):
         lines += [f"**{p['id']}** ({p['category']}; check: `{p['check'][:200]}`)", "",
-                  f"> {_md(p['question'][:600])}", ""]
+                  f"> {_md(short(p['question'], 600))}", ""]
         lines += _table([c["label"] for c in configs],
                         [[_cell(c["outputs"][i]) for c in configs],
                          [_md(c["outputs"][i]["text"]) for c in configs]])
