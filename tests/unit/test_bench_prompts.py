@@ -189,7 +189,7 @@ class FakeServer:
 
     def __init__(self, label: str, context: int, tmp: Path) -> None:
         self.label, self.context = label, context
-        self.log = tmp / f"server-{label}.log"
+        self.log = tmp / f"server-{label.replace('/', '-')}.log"
         self.by_first = {p.messages[0]["content"]: p.id for p in prompts.load_prompts()}
 
     def __enter__(self) -> FakeServer:
@@ -411,3 +411,31 @@ def test_cli_a_changed_corpus_is_refused(world: dict[str, Any], monkeypatch: pyt
     assert f"error: {c.root / 'prompts' / 'filler.txt'} was changed: its sha256 is " in res.output
     assert "hint: reinstall turboctl, or in a checkout restore the file" in res.output
     assert FakeServer.started == []
+
+
+def test_a_profile_gives_the_model_its_recipe_and_its_server_args(world: dict[str, Any]) -> None:
+    from tests.integration.serveproc import write_profile
+
+    profile = write_profile(world["tmp"] / "p.yaml", "p", world["model"], "turbo4/turbo3", context=2048)
+    res = runner.invoke(app, ["bench", "prompts", "--profile", str(profile), "--kv", "f16", "--prompts", "p01",
+                              "--no-repack", "--json"])
+    doc = doc_of(res)
+    assert [c["label"] for c in doc["configurations"]] == ["f16", "turbo4/turbo3"]
+    assert doc["settings"]["extra_args"] == ["--no-repack"]  # the profile's, not twice
+    assert doc["model"]["path"] == str(world["model"].resolve())
+    assert FakeServer.started == ["f16", "turbo4/turbo3"]
+
+
+def test_no_repack_reaches_the_server(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, ...]] = []
+
+    def factory(m: Any, paths: Any, model: Any, label: str, ctx: int, ui: Any, **kw: Any) -> FakeServer:
+        seen.append(tuple(kw["extra_args"]))
+        return FakeServer(label, ctx, world["tmp"])
+
+    monkeypatch.setattr(cells, "BenchServer", factory)
+    doc = doc_of(bench(world, "--kv", "turbo3", "--prompts", "p01", "--no-repack", "--json"))
+    assert seen == [("--no-repack",), ("--no-repack",)] and doc["settings"]["extra_args"] == ["--no-repack"]
+    seen.clear()
+    assert bench(world, "--kv", "turbo3", "--prompts", "p01").exit_code == 0
+    assert seen == [(), ()]  # without it: other settings, measured again

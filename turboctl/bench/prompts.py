@@ -367,6 +367,18 @@ def run(plan: cells_mod.ServedPlan, m: Manifest, paths: Paths, ui: UI, prompts: 
     return report
 
 
+def document(m: Manifest, paths: Paths, ui: UI, *, model: Path, kv: Sequence[str] = (), extra_kv: Sequence[str] = (),
+             extra_args: Sequence[str] = (), context: int = DEFAULT_CONTEXT, only: str | None = None,
+             max_tokens: int | None = None) -> dict[str, Any]:
+    """A whole ``bench prompts`` run (the CLI's, ``bench all``'s step): the prompts read and
+    checked first, then the plan, the run and its document."""
+    selected = select(load_prompts(), only)
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"--max-tokens {max_tokens}: expected at least 1")
+    plan = make_plan(m, paths, ui, model=model, kv=kv, context=context, extra_kv=extra_kv, extra_args=extra_args)
+    return to_json(run(plan, m, paths, ui, selected, max_tokens=max_tokens), m)
+
+
 # --------------------------------------------------------------------------- the document
 _FIGURES = ("text", "tokens", "n_prompt", "n_predicted", "stop_reason", "filler")
 

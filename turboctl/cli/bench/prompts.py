@@ -52,12 +52,9 @@ def prompts(
     ui = start(json_out)
     paths = get_paths()
     m = current_build(paths)
-    selected = prompts_logic.select(prompts_logic.load_prompts(), only)
     model_path, extra_kv, server_args = model_and_profile(model, profile, paths, ui)
     extra_args = (*server_args, "--no-repack") if no_repack and "--no-repack" not in server_args else server_args
-    plan = prompts_logic.make_plan(m, paths, ui, model=model_path, kv=kv or [], context=ctx, extra_kv=extra_kv,
-                                   extra_args=extra_args)
-    result = prompts_logic.run(plan, m, paths, ui, selected, max_tokens=max_tokens)
-    document = prompts_logic.to_json(result, m)
+    document = prompts_logic.document(m, paths, ui, model=model_path, kv=kv or [], extra_kv=extra_kv,
+                                      extra_args=extra_args, context=ctx, only=only, max_tokens=max_tokens)
     finish(ui, document, output, json_out, lambda: prompts_logic.render(document, ui, side_by_side=side_by_side),
            report)
