@@ -17,6 +17,8 @@ Each answer gets:
   ``similarity`` is :class:`difflib.SequenceMatcher`'s ratio over the two token id sequences
   (``2 * M / (len(a) + len(b))``, M the tokens in matching blocks, junk heuristic off): 1.0 for
   identical outputs, 0.0 for outputs sharing no token; ``identical`` says the token ids are equal.
+  The token ids are the server's (``return_tokens``) and include the end-of-generation token when
+  the answer ended there (``stop_reason`` eos); the text does not show it.
 
 One cell per prompt (:func:`turboctl.bench.cells.run_cells`): each answer is stored as soon as it
 is measured, keyed on the prompt's content hash (its messages, check, budget and filler text) and
@@ -553,7 +555,7 @@ def render(doc: Mapping[str, Any], ui: UI, *, side_by_side: bool = False) -> Non
 def _md(text: str) -> str:
     import html
 
-    return html.escape(text).replace("|", "&#124;").replace("\n", "<br>") or "(empty)"
+    return html.escape(text).replace("|", "&#124;").replace("`", "&#96;").replace("\n", "<br>") or "(empty)"
 
 
 def report_section(doc: Mapping[str, Any]) -> Section:
