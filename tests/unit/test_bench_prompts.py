@@ -280,7 +280,7 @@ def test_the_document_holds_the_servers_answers(world: dict[str, Any]) -> None:
                              "mean_exact_prefix_tokens": 11 / 3, "check_changed": []}
 
 
-def test_table_side_by_side_and_a_changed_check(world: dict[str, Any]) -> None:
+def test_the_table_and_the_answers_side_by_side(world: dict[str, Any]) -> None:
     res = bench(world, "--kv", "f16,turbo3", "--prompts", "p01,p05", "--ctx", "8192", "--side-by-side")
     assert res.exit_code == 0, res.output
     assert "answers: check, then agreement with f16" in res.output
