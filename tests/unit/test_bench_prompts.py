@@ -382,7 +382,7 @@ def test_report_renders_tables_answers_and_the_plot(world: dict[str, Any]) -> No
     assert "![similarity](prompts-similarity.png)" in text
     # the saved document makes the same report again
     again = write_report(world["tmp"] / "rep2", [json.loads((world["tmp"] / "doc.json").read_text())])
-    assert "## Prompt matrix: answers against f16" in again.read_text()
+    assert "## Prompt matrix: answers against f16" in again.report.read_text()
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
