@@ -9,8 +9,8 @@ at the step it was in; the served steps also resume inside a step (their cells a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..build.manifest import Manifest, now_iso
 from ..errors import UsageError
 from ..paths import Paths
 from ..ui import UI
-from . import kld, memory, speed, store
+from . import kld, memory, prompts, speed, store
 
 NAME = "all"
 SCHEMA = "turboctl.bench.all/1"
@@ -54,7 +54,16 @@ class SuiteSettings:
     corpus: Path | None = None                      # kld
     kld_ctx: int = 2048
     chunks: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)  # the served steps' settings, by step
+    niah_ctx_list: str | None = None                # niah
+    depths: str | None = None
+    needles: int = 1
+    niah_tokens: int = 32
+    prompts: str | None = None                      # prompts
+    prompt_ctx: int = 4096
+    prompt_tokens: int | None = None
+    turns: int | None = None                        # long-session
+    session_tokens: int = 160
+    session_ctx: int = 8192
 
 
 Step = Callable[[Manifest, Paths, UI, Target, SuiteSettings], dict[str, Any]]
@@ -81,7 +90,12 @@ def _kld(m: Manifest, paths: Paths, ui: UI, t: Target, s: SuiteSettings) -> dict
     return kld.to_json(kld.run(plan, ui), m)
 
 
-STEPS: dict[str, Step] = {"memory": _memory, "speed": _speed, "kld": _kld}
+def _prompts(m: Manifest, paths: Paths, ui: UI, t: Target, s: SuiteSettings) -> dict[str, Any]:
+    return prompts.document(m, paths, ui, model=t.model, kv=s.kv, extra_kv=t.extra_kv, extra_args=t.server_args,
+                            context=s.prompt_ctx, only=s.prompts, max_tokens=s.prompt_tokens)
+
+
+STEPS: dict[str, Step] = {"memory": _memory, "speed": _speed, "kld": _kld, "prompts": _prompts}
 
 
 def step_settings(name: str, t: Target, s: SuiteSettings) -> dict[str, Any]:
@@ -92,8 +106,11 @@ def step_settings(name: str, t: Target, s: SuiteSettings) -> dict[str, Any]:
         "memory": {"ctx_list": s.ctx_list},
         "speed": {"n_prompt": s.n_prompt, "n_gen": s.n_gen, "depth": s.depth, "reps": s.reps},
         "kld": {"corpus": str(s.corpus) if s.corpus else None, "ctx": s.kld_ctx, "chunks": s.chunks},
+        "niah": {"ctx_list": s.niah_ctx_list, "depths": s.depths, "needles": s.needles, "max_tokens": s.niah_tokens},
+        "prompts": {"prompts": s.prompts, "ctx": s.prompt_ctx, "max_tokens": s.prompt_tokens},
+        "long-session": {"turns": s.turns, "max_tokens": s.session_tokens, "ctx": s.session_ctx},
     }
-    return {**common, **own_by.get(name, {"extra": dict(s.extra.get(name, {}))})}
+    return {**common, **own_by[name]}
 
 
 def parse_only(text: str | None) -> list[str]:

@@ -43,6 +43,23 @@ def bench_all(
     n_gen: Annotated[int, typer.Option("-n", "--n-gen", help="speed: generated tokens per tg test.")] = 128,
     depth: Annotated[str, typer.Option("--depth", "-d", help="speed: KV depths, comma-separated.")] = "0,4096",
     reps: Annotated[int, typer.Option("--reps", "-r", help="speed: repetitions per test.")] = 5,
+    niah_ctx_list: Annotated[str | None, typer.Option("--niah-ctx-list", help="niah: the prompt lengths (default: "
+                                                                         "niah's).", show_default=False)] = None,
+    depths: Annotated[str | None, typer.Option("--depths", help="niah: needle depths in %, comma-separated "
+                                                                "(default: niah's).", show_default=False)] = None,
+    needles: Annotated[int, typer.Option("--needles", help="niah: needles per cell.")] = 1,
+    niah_tokens: Annotated[int, typer.Option("--niah-tokens", help="niah: tokens per answer.")] = 32,
+    prompts: Annotated[str | None, typer.Option("--prompts", help="prompts: only these prompts, comma-separated.",
+                                                show_default=False)] = None,
+    prompt_ctx: Annotated[int, typer.Option("--prompt-ctx", help="prompts: the server's context.")] = 4096,
+    prompt_tokens: Annotated[int | None, typer.Option("--prompt-tokens", help="prompts: tokens per answer (default: "
+                                                                              "each prompt's own).",
+                                                      show_default=False)] = None,
+    turns: Annotated[int | None, typer.Option("--turns", help="long-session: the first N turns (default: all).",
+                                              show_default=False)] = None,
+    session_tokens: Annotated[int, typer.Option("--session-tokens", help="long-session: tokens per answer.")] = 160,
+    session_ctx: Annotated[int, typer.Option("--session-ctx", help="long-session: the server's context (capped at "
+                                                                   "the model's training context).")] = 8192,
     threads: ThreadsOpt = None,
     no_repack: NoRepackOpt = False,
     output: OutputOpt = None,
@@ -61,7 +78,10 @@ def bench_all(
     target = suite.Target(model_path, tuple(extra_kv), with_no_repack(server_args, no_repack))
     settings = suite.SuiteSettings(kv=tuple(kv or ()), threads=threads, no_repack=no_repack, ctx_list=ctx_list,
                                    n_prompt=n_prompt, n_gen=n_gen, depth=depth, reps=reps, corpus=corpus,
-                                   kld_ctx=kld_ctx, chunks=chunks)
+                                   kld_ctx=kld_ctx, chunks=chunks, niah_ctx_list=niah_ctx_list, depths=depths,
+                                   needles=needles, niah_tokens=niah_tokens, prompts=prompts, prompt_ctx=prompt_ctx,
+                                   prompt_tokens=prompt_tokens, turns=turns, session_tokens=session_tokens,
+                                   session_ctx=session_ctx)
     sha = store.model_sha256(model_path, paths, ui)
     result = suite.run(m, paths, ui, target, settings, steps, sha)
     document = suite.to_json(result, target, sha)
