@@ -444,3 +444,20 @@ def test_a_changed_shipped_corpus_is_refused_before_any_server(world: dict[str, 
     assert res.exit_code == CorpusError.exit_code == 25, res.output
     assert f"error: {needles} was changed: its sha256 is " in res.output
     assert FakeServer.started == []
+
+
+def test_a_profile_and_no_repack(world: dict[str, Any], tmp_path: Path) -> None:
+    from tests.integration.serveproc import write_profile
+
+    profile = write_profile(tmp_path / "p.yaml", "p", world["model"], "turbo3", context=2048)
+    common = ["--ctx-list", "512", "--depths", "100", "--json"]
+    res = runner.invoke(app, ["bench", "niah", "--profile", str(profile), "--kv", "f16", "--no-repack", *common])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [c["label"] for c in doc["configurations"]] == ["f16", "turbo3"]
+    assert doc["settings"]["extra_args"] == ["--no-repack"]  # the profile's, not twice
+    assert doc["model"]["path"] == str(world["model"].resolve())
+    res = bench(world, "--kv", "f16", "--no-repack", *common)
+    assert json.loads(res.stdout)["settings"]["extra_args"] == ["--no-repack"]
+    res = bench(world, "--kv", "f16", *common)
+    assert json.loads(res.stdout)["settings"]["extra_args"] == []
