@@ -521,7 +521,7 @@ def _draw_grid(doc: Mapping[str, Any]) -> Callable[[Path], None]:
         depths = doc["settings"]["depths"]
         contexts = doc["settings"]["contexts"]
         size = (2.2 + 0.9 * len(depths) * len(grids), 1.6 + 0.5 * len(contexts))
-        fig, axes = plt.subplots(1, len(grids), figsize=size, squeeze=False)
+        fig, axes = plt.subplots(1, len(grids), figsize=size, squeeze=False, sharey=True, layout="constrained")
         image = None
         for ax, g in zip(axes[0], grids, strict=True):
             values = [[d["retrieved"] / d["needles"] for d in r["depths"]] for r in g["contexts"]]
@@ -531,12 +531,13 @@ def _draw_grid(doc: Mapping[str, Any]) -> Callable[[Path], None]:
                     ax.text(j, i, f"{d['retrieved']}/{d['needles']}", ha="center", va="center", fontsize=8)
             ax.set_xticks(range(len(depths)), [f"{d}%" for d in depths])
             ax.set_yticks(range(len(contexts)), [str(c) for c in contexts])
+            ax.tick_params(axis="y", labelleft=ax is axes[0][0])
             ax.set_xlabel("needle depth")
             ax.set_title(f"{g['label']} ({g['retrieved']}/{g['total']})", fontsize=9)
         axes[0][0].set_ylabel("context (tokens)")
         if image is not None:
             fig.colorbar(image, ax=list(axes[0]), label="retrieved (fraction)", shrink=0.8)
-        fig.suptitle("needle in a haystack: retrieved / needles", fontsize=10)
+        fig.suptitle("needle in a haystack: needles retrieved / needles asked", fontsize=10)
         fig.savefig(path, dpi=110, bbox_inches="tight")
 
     return draw
