@@ -41,6 +41,7 @@ SECTIONS: dict[str, str] = {
     "turboctl.bench.kld/1": "turboctl.bench.kld:report_section",
     "turboctl.bench.speed/1": "turboctl.bench.speed:report_section",
     "turboctl.bench.memory/1": "turboctl.bench.memory:report_section",
+    "turboctl.bench.niah/1": "turboctl.bench.niah:report_section",
     "turboctl.bench.prompts/1": "turboctl.bench.prompts:report_section",
 }
 """schema -> ``module:function`` (imported when a report needs it)."""

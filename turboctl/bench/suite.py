@@ -19,7 +19,7 @@ from ..build.manifest import Manifest, now_iso
 from ..errors import UsageError
 from ..paths import Paths
 from ..ui import UI
-from . import kld, memory, prompts, speed, store
+from . import kld, memory, niah, prompts, speed, store
 
 NAME = "all"
 SCHEMA = "turboctl.bench.all/1"
@@ -95,7 +95,13 @@ def _prompts(m: Manifest, paths: Paths, ui: UI, t: Target, s: SuiteSettings) -> 
                             context=s.prompt_ctx, only=s.prompts, max_tokens=s.prompt_tokens)
 
 
-STEPS: dict[str, Step] = {"memory": _memory, "speed": _speed, "kld": _kld, "prompts": _prompts}
+def _niah(m: Manifest, paths: Paths, ui: UI, t: Target, s: SuiteSettings) -> dict[str, Any]:
+    plan = niah.make_plan(m, paths, ui, model=t.model, kv=s.kv, ctx_list=s.niah_ctx_list, depths=s.depths,
+                          needles=s.needles, max_tokens=s.niah_tokens, extra_kv=t.extra_kv, extra_args=t.server_args)
+    return niah.to_json(niah.run(plan, m, paths, ui), m)
+
+
+STEPS: dict[str, Step] = {"memory": _memory, "speed": _speed, "kld": _kld, "niah": _niah, "prompts": _prompts}
 
 
 def step_settings(name: str, t: Target, s: SuiteSettings) -> dict[str, Any]:
