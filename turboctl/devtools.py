@@ -8,6 +8,9 @@
   with ``--tree`` it also checks a tree against the recorded checksums.
 * ``corpus-sums`` rewrites (or ``--check``s) ``corpora/SHA256SUMS``.
 * ``export-patches`` writes ``base..HEAD`` of a patched tree as a series.
+* ``docs-report`` makes the report of ``docs/`` from bench documents, with the paths of the
+  machine they were measured on rewritten (the turboctl home as ``$TURBOCTL_HOME``, the
+  checkout's parent directory as ``..``).
 """
 
 
@@ -226,6 +229,24 @@ def corpus_sums(
         return
     write_text_atomic(target, want)
     ui.ok(f"{target}: {want.count(chr(10))} files")
+
+
+@app.command("docs-report")
+@handle_errors
+def docs_report(
+    out: Annotated[Path, typer.Argument(help="the report's directory (e.g. docs/bench/NAME)")],
+    documents: Annotated[list[Path], typer.Argument(help="JSON documents of turboctl bench ... --output")],
+) -> None:
+    """Render bench documents into a report for the repository, with machine paths rewritten."""
+    from .bench import report
+    from .paths import get_paths
+
+    ui = start(False)
+    checkout = Path(__file__).resolve().parent.parent
+    prefixes = [(str(get_paths().home), "$TURBOCTL_HOME"), (str(checkout.parent), "..")]
+    docs = [report.neutral_paths(report.load_document(d), prefixes) for d in documents]
+    written = report.write_report(out, docs)
+    ui.ok(f"report: {written.report} ({len(written.plots)} plot(s), {len(written.documents)} document(s))")
 
 
 @app.command("export-patches")

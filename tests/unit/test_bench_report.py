@@ -342,3 +342,28 @@ def test_report_on_bench_memory(memory_world: dict[str, Any], tmp_path: Path) ->
     assert is_png(tmp_path / "m" / "memory-kv-bytes-vs-context.png")
     text = (tmp_path / "m" / "report.md").read_text()
     assert memory.report_section(json.loads(res.stdout)).markdown.rstrip() in text
+
+
+def test_neutral_paths_rewrite_prefixes_only() -> None:
+    doc = {"a": "/m/home/logs/x.log", "b": ["/m/home", "/m/homework/y", 3.5], "c": {"d": "/m/shared/z.gguf"},
+           "e": "text /m/home/x", "f": 7}
+    got = report.neutral_paths(doc, [("/m/home", "$TURBOCTL_HOME"), ("/m", "..")])
+    assert got == {"a": "$TURBOCTL_HOME/logs/x.log", "b": ["$TURBOCTL_HOME", "../homework/y", 3.5],
+                   "c": {"d": "../shared/z.gguf"}, "e": "text /m/home/x", "f": 7}
+
+
+def test_docs_report_rewrites_the_home_and_keeps_the_figures(tmp_path: Path) -> None:
+    from turboctl import devtools
+    from turboctl.paths import get_paths
+
+    d = doc("memory")
+    home = str(get_paths().home)
+    d["model"]["path"] = f"{home}/cache/models/m.gguf"
+    src = tmp_path / "memory.json"
+    src.write_text(json.dumps(d))
+    res = runner.invoke(devtools.app, ["docs-report", str(tmp_path / "rep"), str(src)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "rep" / "data" / "memory.json").read_text())
+    assert data["model"]["path"] == "$TURBOCTL_HOME/cache/models/m.gguf"
+    assert data["configurations"] == report.neutral_paths(d["configurations"], [(home, "$TURBOCTL_HOME")])
+    assert home not in (tmp_path / "rep" / "report.md").read_text()

@@ -298,3 +298,19 @@ def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Written:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Written(out_dir / REPORT, tuple(out_dir / p for p in plots), tuple(out_dir / d for d in data))
+
+
+def neutral_paths(doc: Any, prefixes: Sequence[tuple[str, str]]) -> Any:
+    """``doc`` with every string that starts with one of the ``(prefix, replacement)`` prefixes
+    rewritten (a report published beside the code names ``$TURBOCTL_HOME/logs/...``, not the
+    directories of the machine it was measured on). Figures are left as they are."""
+    if isinstance(doc, str):
+        for prefix, replacement in prefixes:
+            if doc == prefix or doc.startswith(prefix.rstrip("/") + "/"):
+                return replacement + doc[len(prefix.rstrip("/")):]
+        return doc
+    if isinstance(doc, list):
+        return [neutral_paths(x, prefixes) for x in doc]
+    if isinstance(doc, dict):
+        return {k: neutral_paths(v, prefixes) for k, v in doc.items()}
+    return doc
