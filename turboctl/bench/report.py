@@ -41,6 +41,7 @@ SECTIONS: dict[str, str] = {
     "turboctl.bench.kld/1": "turboctl.bench.kld:report_section",
     "turboctl.bench.speed/1": "turboctl.bench.speed:report_section",
     "turboctl.bench.memory/1": "turboctl.bench.memory:report_section",
+    "turboctl.bench.long-session/1": "turboctl.bench.session:report_section",
 }
 """schema -> ``module:function`` (imported when a report needs it)."""
 
