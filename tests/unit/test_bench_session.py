@@ -292,6 +292,7 @@ def test_the_table_per_turn_rows_and_the_report(world: dict[str, Any], tmp_path:
     assert "turbo3: per turn" in res.output and "f16: per turn" in res.output
     assert "first divergence: the first turn whose agreement" in res.output
     assert "turn 3" in res.output and "(baseline)" in res.output
+    assert "turbo3: first answer different from f16's at turn 3 (0 leading tokens equal)" in res.output
     md = (out / "report.md").read_text()
     assert "## Long session" in md and "long-session-agreement.png" in md
     assert (out / "long-session-agreement.png").stat().st_size > 1000
@@ -392,3 +393,15 @@ def test_the_report_of_a_saved_document(world: dict[str, Any], tmp_path: Path) -
     written = write_report(tmp_path / "again", [copy.deepcopy(doc)])
     text = written.read_text()
     assert "| turbo3 | " in text and "turn 3" in text
+    # the first answer turbo3 gives differently, beside f16's
+    f16, t3 = doc["configurations"]
+    assert ("**turbo3** first answers differently at turn 3 (generation): 0 leading tokens equal, similarity "
+            f"{t3['turns'][2]['agreement']['similarity']:.3f}.") in text
+    assert f"f16:\n\n````text\n{f16['turns'][2]['text']}\n````" in text
+    assert f"turbo3:\n\n````text\n{t3['turns'][2]['text']}\n````" in text
+
+
+def test_identical_answers_are_said(world: dict[str, Any]) -> None:
+    res = bench(world, "--kv", "turbo4", "--turns", "2", "--max-tokens", "8", "--ctx", "512", "--json")
+    doc = json.loads(res.stdout)
+    assert session.first_differences(doc) == ["", "**turbo4**: every answer is token for token f16's."]

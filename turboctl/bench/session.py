@@ -498,8 +498,35 @@ def render(doc: Mapping[str, Any], ui: UI, *, verbose: bool = False) -> None:
         for c in doc["configurations"]:
             ui.table(f"{c['label']}: per turn", TURN_COLUMNS, turn_table_rows(c))
     ui.table("long session: each configuration's own conversation vs f16's", SUMMARY_COLUMNS, summary_rows(doc))
+    for c in doc["configurations"]:
+        diff = next((t for t in c["turns"] if t["agreement"] is not None and not t["agreement"]["identical"]), None)
+        if diff is not None:
+            ui.info(f"{c['label']}: first answer different from f16's at turn {diff['turn']} "
+                    f"({diff['agreement']['prefix_tokens']} leading tokens equal)")
     ui.info(divergence_rule() + "; after the first difference the histories differ, so agreement compares the "
             "two conversations")
+
+
+def first_differences(doc: Mapping[str, Any], limit: int = 400) -> list[str]:
+    """Markdown: per configuration, its first answer that is not f16's, beside f16's (cut at
+    ``limit`` characters), so that a changed answer is shown, not only scored."""
+    base = next((c for c in doc["configurations"] if c["label"] == doc["settings"]["baseline"]), None)
+    out: list[str] = []
+    for c in doc["configurations"]:
+        if base is None or c is base:
+            continue
+        diff = next((t for t in c["turns"] if t["agreement"] is not None and not t["agreement"]["identical"]), None)
+        if diff is None:
+            out += ["", f"**{c['label']}**: every answer is token for token f16's."]
+            continue
+        ref = base["turns"][diff["turn"] - 1]
+        a = diff["agreement"]
+        out += ["", f"**{c['label']}** first answers differently at turn {diff['turn']} ({diff['phase']}): "
+                f"{a['prefix_tokens']} leading tokens equal, similarity {a['similarity']:.3f}.", ""]
+        for label, text in ((base["label"], ref["text"]), (c["label"], diff["text"])):
+            cut = text if len(text) <= limit else text[:limit] + " [...]"
+            out += [f"{label}:", "", "````text", cut.replace("````", "` ` ` `"), "````", ""]
+    return out
 
 
 def report_section(doc: Mapping[str, Any]) -> Section:
@@ -512,6 +539,7 @@ def report_section(doc: Mapping[str, Any]) -> Section:
     lines += ["", divergence_rule() + ". After the first difference the histories differ, so agreement compares "
               "the two conversations. Repetition: share of repeated word 4-grams of an answer."]
     configs = list(doc["configurations"])
+    lines += first_differences(doc)
 
     def draw(path: Path, what: str) -> None:
         import matplotlib.pyplot as plt
