@@ -142,3 +142,40 @@ def test_the_report_is_made_of_the_steps_documents(world: dict[str, Any]) -> Non
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 2 and all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert f"report: {out / 'report.md'}" in res.output
+
+
+def test_the_served_steps_get_their_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """niah, prompts and long-session as bench all calls them: each step's options reach its own
+    benchmark, --no-repack reaches its server (the logic of each is tested with its command)."""
+    from turboctl.bench import niah, prompts, session
+
+    fake_build(get_paths().home)
+    model = bench_like(tmp_path / "m.gguf")
+    seen: dict[str, dict[str, Any]] = {}
+
+    def document(m: Manifest, paths: Paths, ui: UI, **kw: Any) -> dict[str, Any]:
+        seen["prompts"] = kw
+        return {"schema": FAKE_SCHEMA, "step": "prompts", "value": 1}
+
+    def plan_of(name: str) -> Any:
+        def make_plan(m: Manifest, paths: Paths, ui: UI, **kw: Any) -> str:
+            seen[name] = kw
+            return name
+        return make_plan
+
+    monkeypatch.setattr(prompts, "document", document)
+    for mod, name in ((niah, "niah"), (session, "long-session")):
+        monkeypatch.setattr(mod, "make_plan", plan_of(name))
+        monkeypatch.setattr(mod, "run", lambda plan, m, paths, ui: plan)
+        monkeypatch.setattr(mod, "to_json", lambda report, m: {"schema": FAKE_SCHEMA, "step": report, "value": 2})
+    res = runner.invoke(app, ["bench", "all", "--model", str(model), "--only", "niah,prompts,long-session",
+                              "--kv", "turbo4", "--no-repack", "--niah-ctx-list", "512,1024", "--depths", "0,100",
+                              "--needles", "2", "--niah-tokens", "20", "--prompts", "p01,p05", "--prompt-ctx", "2048",
+                              "--prompt-tokens", "24", "--turns", "3", "--session-tokens", "40",
+                              "--session-ctx", "1024", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [s["step"] for s in json.loads(res.stdout)["steps"]] == ["niah", "prompts", "long-session"]
+    common = {"model": model, "kv": ("turbo4",), "extra_kv": (), "extra_args": ("--no-repack",)}
+    assert seen["niah"] == {**common, "ctx_list": "512,1024", "depths": "0,100", "needles": 2, "max_tokens": 20}
+    assert seen["prompts"] == {**common, "context": 2048, "only": "p01,p05", "max_tokens": 24}
+    assert seen["long-session"] == {**common, "turns": 3, "max_tokens": 40, "context": 1024}

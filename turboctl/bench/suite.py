@@ -19,7 +19,7 @@ from ..build.manifest import Manifest, now_iso
 from ..errors import UsageError
 from ..paths import Paths
 from ..ui import UI
-from . import kld, memory, niah, prompts, speed, store
+from . import kld, memory, niah, prompts, session, speed, store
 
 NAME = "all"
 SCHEMA = "turboctl.bench.all/1"
@@ -101,7 +101,14 @@ def _niah(m: Manifest, paths: Paths, ui: UI, t: Target, s: SuiteSettings) -> dic
     return niah.to_json(niah.run(plan, m, paths, ui), m)
 
 
-STEPS: dict[str, Step] = {"memory": _memory, "speed": _speed, "kld": _kld, "niah": _niah, "prompts": _prompts}
+def _session(m: Manifest, paths: Paths, ui: UI, t: Target, s: SuiteSettings) -> dict[str, Any]:
+    plan = session.make_plan(m, paths, ui, model=t.model, kv=s.kv, turns=s.turns, max_tokens=s.session_tokens,
+                             context=s.session_ctx, extra_kv=t.extra_kv, extra_args=t.server_args)
+    return session.to_json(session.run(plan, m, paths, ui), m)
+
+
+STEPS: dict[str, Step] = {"memory": _memory, "speed": _speed, "kld": _kld, "niah": _niah, "prompts": _prompts,
+                          "long-session": _session}
 
 
 def step_settings(name: str, t: Target, s: SuiteSettings) -> dict[str, Any]:
