@@ -346,10 +346,12 @@ def test_report_on_bench_memory(memory_world: dict[str, Any], tmp_path: Path) ->
 
 def test_neutral_paths_rewrite_prefixes_only() -> None:
     doc = {"a": "/m/home/logs/x.log", "b": ["/m/home", "/m/homework/y", 3.5], "c": {"d": "/m/shared/z.gguf"},
-           "e": "text /m/home/x", "f": 7}
+           "e": "run -m /m/home/x -f=/m/data --log '/m/home' /x/m/y", "f": 7}
     got = report.neutral_paths(doc, [("/m/home", "$TURBOCTL_HOME"), ("/m", "..")])
     assert got == {"a": "$TURBOCTL_HOME/logs/x.log", "b": ["$TURBOCTL_HOME", "../homework/y", 3.5],
-                   "c": {"d": "../shared/z.gguf"}, "e": "text /m/home/x", "f": 7}
+                   "c": {"d": "../shared/z.gguf"},
+                   "e": "run -m $TURBOCTL_HOME/x -f=../data --log '$TURBOCTL_HOME' /x/m/y",
+                   "f": 7}
 
 
 def test_docs_report_rewrites_the_home_and_keeps_the_figures(tmp_path: Path) -> None:

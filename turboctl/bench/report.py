@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -302,13 +303,14 @@ def write_report(out_dir: Path, docs: Sequence[Mapping[str, Any]]) -> Written:
 
 
 def neutral_paths(doc: Any, prefixes: Sequence[tuple[str, str]]) -> Any:
-    """``doc`` with every string that starts with one of the ``(prefix, replacement)`` prefixes
-    rewritten (a report published beside the code names ``$TURBOCTL_HOME/logs/...``, not the
-    directories of the machine it was measured on). Figures are left as they are."""
+    """``doc`` with every path that starts with one of the ``(prefix, replacement)`` prefixes
+    rewritten, in a string of its own or inside a command line (a report published beside the
+    code names ``$TURBOCTL_HOME/logs/...``, not the directories of the machine it was measured
+    on). Figures are left as they are."""
     if isinstance(doc, str):
         for prefix, replacement in prefixes:
-            if doc == prefix or doc.startswith(prefix.rstrip("/") + "/"):
-                return replacement + doc[len(prefix.rstrip("/")):]
+            pattern = r"(?<![^\s='\"])" + re.escape(prefix.rstrip("/")) + r"(?=/|$|[\s'\"])"
+            doc = re.sub(pattern, replacement.replace("\\", "\\\\"), doc)
         return doc
     if isinstance(doc, list):
         return [neutral_paths(x, prefixes) for x in doc]
