@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..build.manifest import Manifest
+from .. import __version__
+from ..build.manifest import Manifest, now_iso
 from ..errors import ModelError, UsageError
 from ..kv.recipe import RecipePlan, parse_recipe_list
 from ..paths import Paths
@@ -136,3 +137,11 @@ def run_cells(plan: ServedPlan, m: Manifest, paths: Paths, ui: UI, cells: Sequen
                     done.results.append({**entry, "cell": cell.id, "cached": False})
                 update(j + 1, len(cells))
     return out
+
+
+def document_head(plan: ServedPlan, m: Manifest, **model: Any) -> dict[str, Any]:
+    """The fields every served benchmark's document starts with: its schema, who made it when,
+    the build, and the model (``model``: more fields of it, e.g. ``n_ctx_train``)."""
+    return {"schema": plan.schema, "turboctl_version": __version__, "created": now_iso(),
+            "llama": common.llama_info(m, plan.server),
+            "model": {"path": str(plan.model), "sha256": plan.model_sha256, **model}}

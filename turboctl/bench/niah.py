@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import __version__
-from ..build.manifest import Manifest, now_iso
+from ..build.manifest import Manifest
 from ..errors import BenchError, CorpusError, ModelError, UsageError
 from ..models.gguf import read_metadata
 from ..paths import Paths
 from ..serve import whatif
 from ..ui import UI
-from . import cells, common
+from . import cells
 from . import corpus as corpus_mod
 from .memory import parse_ctx_list
 from .report import Section
@@ -431,11 +430,7 @@ def to_json(report: NiahReport, m: Manifest) -> dict[str, Any]:
     notes = [*plan.notes, *(f"context {c}: the haystack's {len(plan.corpus.paragraphs)} paragraphs were not enough, "
                             "taken again from the first" for c in cycled)]
     return {
-        "schema": SCHEMA,
-        "turboctl_version": __version__,
-        "created": now_iso(),
-        "llama": common.llama_info(m, sp.server),
-        "model": {"path": str(sp.model), "sha256": sp.model_sha256, "n_ctx_train": plan.n_ctx_train},
+        **cells.document_head(sp, m, n_ctx_train=plan.n_ctx_train),
         "settings": {
             "contexts": list(plan.contexts), "depths": list(plan.depths), "max_tokens": plan.max_tokens,
             "server_context": sp.context, "extra_args": list(sp.extra_args), "prompt": PROMPT,

@@ -39,13 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..build.manifest import Manifest, now_iso
+from ..build.manifest import Manifest
 from ..errors import BenchError, CorpusError, UsageError
 from ..paths import Paths
 from ..ui import UI
 from . import cells as cells_mod
-from . import common
 from .corpus import Corpora
 from .report import Section
 from .served import BenchServer
@@ -439,11 +437,7 @@ def to_json(report: PromptsReport, m: Manifest) -> dict[str, Any]:
                                "baseline": is_base, "server_log": r.server_log, "outputs": outputs,
                                "summary": summary})
     return {
-        "schema": SCHEMA,
-        "turboctl_version": __version__,
-        "created": now_iso(),
-        "llama": common.llama_info(m, plan.server),
-        "model": {"path": str(plan.model), "sha256": plan.model_sha256},
+        **cells_mod.document_head(plan, m),
         "settings": {"context": plan.context, "max_tokens_override": report.max_tokens_override,
                      "prompts": [p.id for p in report.prompts], "extra_args": list(plan.extra_args),
                      "temperature": 0.0, "corpus": CORPUS, "corpus_sha256": report.corpus_sha256,

@@ -53,14 +53,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..build.manifest import Manifest, now_iso
+from ..build.manifest import Manifest
 from ..errors import BenchError, CorpusError, UsageError
 from ..models.gguf import read_metadata
 from ..paths import Paths
 from ..serve import whatif
 from ..ui import UI
-from . import cells, common
+from . import cells
 from .corpus import Corpora
 from .report import Section
 from .served import BenchServer
@@ -418,11 +417,7 @@ def to_json(report: SessionReport, m: Manifest) -> dict[str, Any]:
     sp = plan.served
     rows = turn_rows(plan, report)
     return {
-        "schema": SCHEMA,
-        "turboctl_version": __version__,
-        "created": now_iso(),
-        "llama": common.llama_info(m, sp.server),
-        "model": {"path": str(sp.model), "sha256": sp.model_sha256, "n_ctx_train": plan.n_ctx_train},
+        **cells.document_head(sp, m, n_ctx_train=plan.n_ctx_train),
         "settings": {
             "turns": plan.turns, "max_tokens": plan.max_tokens, "context": sp.context,
             "requested_context": plan.requested_context, "extra_args": list(sp.extra_args),
