@@ -191,6 +191,9 @@ def test_the_api_key_is_never_shown(tmp_path: Path) -> None:
      "5: server.args[0]: '--cache-type-k' is set by turboctl: set it as kv.k"),
     (BASE + "server:\n  args: ['-fa', 'off']\n",
      "5: server.args[0]: '-fa' is set by turboctl: set it as nothing: turboctl always turns flash attention on"),
+    ("name: p\nmodel: {path: '~nosuchuser-xq:/m.gguf'}\n",
+     "2: model.path: ~nosuchuser-xq:: no user of that name to expand it to a home directory (write ~/..., or the full "
+     "path)"),
     # environment
     (BASE + "environment:\n  TURBO_LAYER_ADAPTIVE: 7\n",
      "5: environment.TURBO_LAYER_ADAPTIVE: is set by turboctl: set it as kv.adaptive_mode"),

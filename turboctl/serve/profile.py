@@ -215,7 +215,12 @@ class ModelSource(_Model):
     def _path(cls, value: Any) -> Any:
         if value is None:
             return value
-        return Path(_text(value, "path")).expanduser()
+        path = Path(_text(value, "path"))
+        try:
+            return path.expanduser()
+        except RuntimeError:  # ~name of a user this machine does not have
+            raise _fail(f"{path.parts[0]}: no user of that name to expand it to a home directory "
+                        "(write ~/..., or the full path)") from None
 
     @field_validator("url", mode="before")
     @classmethod
