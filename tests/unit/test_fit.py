@@ -359,4 +359,15 @@ def test_a_projection_that_hangs_is_named_a_timeout(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(fit, "FIT_TIMEOUT_S", 0.5)
     rc, output = fit._run_binary([str(script)], None)
     assert rc != 0
-    assert fit.failure_reason(output, rc)[0] == "did not finish within 0.5 s (stopped)"
+    assert fit.failure_reason(output, rc)[0] == "did not finish within 0.5 s, twice (stopped)"
+
+
+def test_a_projection_that_hangs_once_is_run_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mark = tmp_path / "ran"
+    script = tmp_path / "hangs-once"
+    script.write_text(f"#!/bin/sh\nif [ -e {mark} ]; then echo 'I projected'; exit 0; fi\n"
+                      f"touch {mark}\nexec sleep 30\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(fit, "FIT_TIMEOUT_S", 0.5)
+    rc, output = fit._run_binary([str(script)], None)
+    assert (rc, output.strip()) == (0, "I projected")
