@@ -12,6 +12,7 @@ before it in the same configuration (a long session's history).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,3 +146,16 @@ def document_head(plan: ServedPlan, m: Manifest, **model: Any) -> dict[str, Any]
     return {"schema": plan.schema, "turboctl_version": __version__, "created": now_iso(),
             "llama": common.llama_info(m, plan.server),
             "model": {"path": str(plan.model), "sha256": plan.model_sha256, **model}}
+
+
+def token_agreement(a: Sequence[int], b: Sequence[int]) -> tuple[int, float, bool]:
+    """How two generations' token ids agree: the leading ids they share, difflib's
+    ``SequenceMatcher(None, a, b, autojunk=False).ratio()`` (in this order: the ratio is not
+    always symmetric), and whether they are equal."""
+    prefix = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        prefix += 1
+    ratio = difflib.SequenceMatcher(None, list(a), list(b), autojunk=False).ratio()
+    return prefix, ratio, list(a) == list(b)

@@ -28,7 +28,6 @@ checks and the agreement are computed from the stored answers each time a docume
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -276,13 +275,7 @@ class Agreement:
 
 def agreement(baseline: Sequence[int], tokens: Sequence[int]) -> Agreement:
     """How ``tokens`` agree with the baseline's (see the module's text)."""
-    prefix = 0
-    for a, b in zip(baseline, tokens, strict=False):
-        if a != b:
-            break
-        prefix += 1
-    ratio = difflib.SequenceMatcher(None, list(baseline), list(tokens), autojunk=False).ratio()
-    return Agreement(prefix, ratio, list(baseline) == list(tokens))
+    return Agreement(*cells_mod.token_agreement(baseline, tokens))
 
 
 # --------------------------------------------------------------------------- the run

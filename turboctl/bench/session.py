@@ -45,7 +45,6 @@ counts alone). ``null``: the configuration never diverged in the turns run.
 from __future__ import annotations
 
 import builtins
-import difflib
 import keyword
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -238,13 +237,8 @@ def references(answer: str, before: str, refers: Sequence[str]) -> dict[str, Any
 
 def agreement(tokens: Sequence[int], baseline: Sequence[int]) -> dict[str, Any]:
     """Agreement of an answer's token ids with the baseline's for the same turn."""
-    prefix = 0
-    for a, b in zip(tokens, baseline, strict=False):
-        if a != b:
-            break
-        prefix += 1
-    sim = difflib.SequenceMatcher(None, list(tokens), list(baseline), autojunk=False).ratio()
-    return {"prefix_tokens": prefix, "similarity": sim, "identical": list(tokens) == list(baseline)}
+    prefix, sim, identical = cells.token_agreement(tokens, baseline)
+    return {"prefix_tokens": prefix, "similarity": sim, "identical": identical}
 
 
 def first_divergence(similarity: Sequence[float], threshold: float = DIVERGENCE_THRESHOLD,
