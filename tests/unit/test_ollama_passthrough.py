@@ -31,6 +31,7 @@ class Echo:
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
         self.release = threading.Event()
+        self.dropped = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -42,6 +43,11 @@ class Echo:
         got = {"method": request.method, "path": request.path, "query": dict(request.query),
                "body": (await request.read()).decode(), "headers": dict(request.headers)}
         self.seen.append(got)
+        if "drop-once" in request.query and not self.dropped:  # a connection closed with no answer
+            self.dropped = True
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         status = int(request.query.get("status", "200"))
         if request.path == "/metrics":
             return web.Response(text="llamacpp:prompt_tokens_total 7\n", content_type="text/plain",
@@ -148,6 +154,12 @@ def test_api_paths_stay_the_proxys(proxy: ProxyHandle, echo: Echo) -> None:
     r = requests.post(proxy.url + "/api/tags", timeout=10)
     assert (r.status_code, r.json()) == (405, {"error": "POST /api/tags: method not allowed (use GET)"})
     assert echo.seen == []
+
+
+def test_a_connection_closed_before_the_answer_is_asked_again(proxy: ProxyHandle, echo: Echo) -> None:
+    r = requests.post(proxy.url + "/v1/messages?drop-once=1", json={"a": 1}, timeout=10)
+    assert r.status_code == 200 and r.json()["body"] == '{"a": 1}'
+    assert echo.dropped and len(echo.seen) == 2
 
 
 def test_upstream_gone_is_502_in_openai_shape(tmp_path: Path) -> None:

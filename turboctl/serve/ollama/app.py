@@ -109,17 +109,29 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length"
 REQUEST_DROP = HOP_HEADERS | {"accept-encoding"}
 
 
+def _unreachable(exc: Exception) -> web.Response:
+    return web.json_response({"error": {"code": 502, "type": "server_error",
+                                        "message": f"llama-server is not reachable: {exc}"}}, status=502)
+
+
 async def _passthrough(request: web.Request) -> web.StreamResponse:
     url = f"{request.app[UPSTREAM_KEY]}{request.rel_url}"
     headers = {k: v for k, v in request.headers.items() if k.lower() not in REQUEST_DROP}
     headers["Accept-Encoding"] = "identity"
     data = await request.read()
-    try:
-        upstream = await request.app[SESSION_KEY].request(request.method, url, headers=headers, data=data or None,
-                                                          allow_redirects=False, auto_decompress=False)
-    except aiohttp.ClientError as exc:
-        return web.json_response({"error": {"code": 502, "type": "server_error",
-                                            "message": f"llama-server is not reachable: {exc}"}}, status=502)
+    for attempt in (1, 2):
+        try:
+            upstream = await request.app[SESSION_KEY].request(request.method, url, headers=headers,
+                                                              data=data or None, allow_redirects=False,
+                                                              auto_decompress=False)
+            break
+        except aiohttp.ServerDisconnectedError as exc:
+            # closed before any answer: most often a pooled keep-alive connection llama-server
+            # had just closed (seen once in a CI run); asked once more on a new connection
+            if attempt == 2:
+                return _unreachable(exc)
+        except aiohttp.ClientError as exc:
+            return _unreachable(exc)
     async with _released(upstream):
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                   headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS})
