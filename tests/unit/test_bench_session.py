@@ -105,7 +105,9 @@ def test_the_history_is_kept_while_it_fits() -> None:
 
 
 def test_the_oldest_exchanges_are_dropped_first_and_the_system_message_kept() -> None:
-    msgs, dropped, n = session.fit_history("sys", EX, "last one", words, budget=14)
+    # 23 words with everything; dropping one gives 16 (over 14), two gives 11 <= 14: truncate_to 1
+    # drops just enough
+    msgs, dropped, n = session.fit_history("sys", EX, "last one", words, budget=14, truncate_to=1.0)
     assert dropped == 2 and n == 2 + 3 + 3 + 3
     assert msgs == [{"role": "system", "content": "sys"}, {"role": "user", "content": "nine ten"},
                     {"role": "assistant", "content": "eleven twelve"}, {"role": "user", "content": "last one"}]
@@ -114,6 +116,18 @@ def test_the_oldest_exchanges_are_dropped_first_and_the_system_message_kept() ->
     assert dropped == 1 and msgs[1] == {"role": "user", "content": "six seven"}
     msgs, dropped, _ = session.fit_history("", EX, "x", words, budget=100, start=9)
     assert dropped == 3 and msgs == [{"role": "user", "content": "x"}]
+
+
+def test_the_history_is_cut_in_one_block_to_leave_room_for_the_next_turns() -> None:
+    # budget 20: everything (23) is over it; dropping one exchange gives 16 <= 20 but over 3/4 of it
+    # (15), so a second one goes too
+    msgs, dropped, n = session.fit_history("sys", EX, "last one", words, budget=20)
+    assert (dropped, n) == (2, 11) and n == words(msgs)
+    assert session.fit_history("sys", EX, "last one", words, budget=20, truncate_to=0.9)[1:] == (1, 16)
+    # a prompt that fits the budget is not cut, however close to it
+    assert session.fit_history("sys", EX, "last one", words, budget=23)[1:] == (0, 23)
+    # when no exchange is left, fitting the budget is enough
+    assert session.fit_history("sys", EX, "a b c d e f g h i j", words, budget=14)[1:] == (3, 13)
 
 
 def test_a_turn_that_cannot_fit_is_an_error() -> None:

@@ -44,7 +44,7 @@ SECTIONS: dict[str, str] = {
     "turboctl.bench.memory/1": "turboctl.bench.memory:report_section",
     "turboctl.bench.niah/1": "turboctl.bench.niah:report_section",
     "turboctl.bench.prompts/1": "turboctl.bench.prompts:report_section",
-    "turboctl.bench.long-session/1": "turboctl.bench.session:report_section",
+    "turboctl.bench.long-session/2": "turboctl.bench.session:report_section",
 }
 """schema -> ``module:function`` (imported when a report needs it)."""
 

@@ -12,11 +12,15 @@ already holds).
 
 **History truncation.** A turn's prompt (the template applied to the system message, the kept
 exchanges and this turn's user text, counted with the server's tokenizer) must leave room for
-``--max-tokens``: ``prompt tokens <= context - max_tokens``. When it does not, the oldest
-exchange (user text and answer) is dropped, then the next oldest, until it fits; the system
-message is always kept, and an exchange dropped once is never brought back (a turn starts from
-the previous turn's count). Each turn records how many exchanges were dropped. When even the
-system message and this turn's text alone do not fit, the run stops with an error.
+``--max-tokens``: ``prompt tokens <= budget`` with ``budget = context - max_tokens``. When it
+does not, the oldest exchange (user text and answer) is dropped, then the next oldest, until the
+prompt is at most :data:`TRUNCATE_TO` (3/4) of the budget, in one block: the next turns then
+extend this prompt again (the server reuses the KV it holds) instead of every turn near the limit
+dropping one exchange at the front and the server computing the whole prompt again. When no
+exchange is left the prompt need only fit the budget. The system message is always kept, and an
+exchange dropped once is never brought back (a turn starts from the previous turn's count). Each
+turn records how many exchanges were dropped. When even the system message and this turn's text
+alone do not fit, the run stops with an error.
 
 **Signals of a turn** (computed from what the server returned):
 
@@ -64,7 +68,7 @@ from .report import Section
 from .served import BenchServer
 
 NAME = "long-session"
-SCHEMA = "turboctl.bench.long-session/1"
+SCHEMA = "turboctl.bench.long-session/2"
 CORPUS = "session/session.json"
 CORPUS_SCHEMA_ID = "turboctl.corpus.session/1"
 DEFAULT_KV = ("f16", "turbo4", "turbo3")
@@ -73,7 +77,8 @@ DEFAULT_CONTEXT = 8192
 DIVERGENCE_THRESHOLD = 0.5
 DIVERGENCE_TURNS = 2
 NGRAM = 4
-RESULT_VERSION = 1
+TRUNCATE_TO = 0.75
+RESULT_VERSION = 2
 PHASES = ("generation", "debugging", "refactoring", "testing", "iteration")
 
 CORPUS_SCHEMA: dict[str, Any] = {
@@ -181,22 +186,24 @@ def messages_for(system: str, exchanges: Sequence[tuple[str, str]], user: str) -
 
 
 def fit_history(system: str, exchanges: Sequence[tuple[str, str]], user: str, count: Callable[[Messages], int],
-                budget: int, start: int = 0) -> tuple[Messages, int, int]:
-    """The messages of a turn under the truncation rule (the module's text): the oldest
-    exchanges dropped (at least ``start`` of them) until ``count(messages) <= budget``; the
-    messages, the number dropped and their token count. BenchError when nothing is left to drop."""
+                budget: int, start: int = 0, truncate_to: float = TRUNCATE_TO) -> tuple[Messages, int, int]:
+    """The messages of a turn under the truncation rule (the module's text): at least ``start``
+    oldest exchanges dropped; when the prompt is over ``budget``, more are dropped until it is at
+    most ``truncate_to * budget`` (or none is left and it fits ``budget``); the messages, the
+    number dropped and their token count. BenchError when it cannot fit."""
     dropped = min(start, len(exchanges))
+    limit = budget
     while True:
         msgs = messages_for(system, exchanges[dropped:], user)
         n = count(msgs)
-        if n <= budget:
+        if n <= limit or (dropped >= len(exchanges) and n <= budget):
             return msgs, dropped, n
         if dropped >= len(exchanges):
             raise BenchError(f"the prompt of this turn alone (system message and user text) is {n} tokens, more "
                              f"than the {budget} left by --ctx minus --max-tokens",
                              hint="raise --ctx or lower --max-tokens")
+        limit = int(budget * truncate_to)
         dropped += 1
-
 
 # --------------------------------------------------------------------------- the signals
 _WORD = re.compile(r"\w+")
@@ -418,7 +425,7 @@ def to_json(report: SessionReport, m: Manifest) -> dict[str, Any]:
             "corpus": {"name": CORPUS, "sha256": plan.session.sha256, "title": plan.session.title,
                        "turns": len(plan.session.turns)},
             "divergence": {"threshold": DIVERGENCE_THRESHOLD, "consecutive_turns": DIVERGENCE_TURNS},
-            "repetition_ngram": NGRAM, "baseline": cells.BASELINE,
+            "repetition_ngram": NGRAM, "baseline": cells.BASELINE, "truncate_to": TRUNCATE_TO,
         },
         "notes": list(plan.notes),
         "configurations": [
