@@ -188,4 +188,12 @@ class CorpusError(TurboctlError):
     exit_code = 25
 
 
+
+class WorkerError(TurboctlError):
+    """An RPC worker cannot be used: unreachable, another build (or a stock rpc-server), its
+    self-test not passed, or it stopped while serving."""
+
+    exit_code = 26
+
+
 EXIT_INTERRUPTED = 130

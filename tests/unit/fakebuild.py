@@ -8,6 +8,7 @@ edited to fail or be unsupported).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from turboctl.build import gitrepo, manifest, selftest
 from turboctl.build.pins import load_pin
 from turboctl.paths import Paths
 
+REPO = Path(__file__).resolve().parents[2]
 SQL = DATA / "selftest" / "test-backend-ops-cpu-turbo.sql"
 ALL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",
              "turbo2", "turbo3", "turbo4"]
@@ -131,6 +133,13 @@ def fake_build(home: Path, *, cache_types: list[str] | None = None, sql: str | N
     _script(bin_dir / "llama-bench", FAKE_BENCH)
     for name in ("llama-server", "test-backend-ops"):
         _script(bin_dir / name, "print(%(data)r)\n")
+    rpc = {"base": load_pin().commit, "series": "f" * 64, "types": {"turbo2": 43, "turbo3": 44, "turbo4": 45}}
+    (build_dir / "rpc-identity.json").write_text(json.dumps(rpc))
+    worker = bin_dir / "ggml-rpc-server"
+    worker.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                      f"from tests.unit.rpcfakes import main\n"
+                      f"sys.exit(main(sys.argv[1:], {str(build_dir / 'rpc-identity.json')!r}))\n")
+    worker.chmod(0o755)
     (bin_dir / "libggml-cpu.so.0.1").write_bytes(b"\x7fELF fake ggml cpu")
     link = bin_dir / "libggml-cpu.so"
     if not link.is_symlink():
@@ -157,6 +166,7 @@ def fake_build(home: Path, *, cache_types: list[str] | None = None, sql: str | N
         "version": ["version: 0.5.0-dev (build 1, commit fake000)", "built with GNU 12.2.0 for Linux x86_64"],
         "timings_s": {},
         "selftest": record.model_dump(mode="json") if record else None,
+        "rpc": {**rpc, "worker": "ggml-rpc-server"},
     })
     manifest.save(m, build_dir, paths)
     return m

@@ -39,7 +39,13 @@ def test_build_twice_second_is_noop(allow_cmake: Guard, fake_world: FakeWorld) -
     assert doc["cache_types"][-3:] == ["turbo2", "turbo3", "turbo4"]
     assert doc["version"] == ["version: 1 (fake000)", "built with a C compiler for tests"]
     assert set(doc["binaries"]) == {"llama-server", "llama-cli", "llama-bench",
-                                    "llama-perplexity", "llama-fit-params", "test-backend-ops"}
+                                    "llama-perplexity", "llama-fit-params", "ggml-rpc-server", "test-backend-ops"}
+    # the RPC build identity: the pin, the series checksum (also in the configure flags), the
+    # turbo type ids of the patched ggml.h (this fake tree has none)
+    series = patches.load_series(DATA / "patches")
+    assert doc["rpc"] == {"base": doc["pin"]["commit"], "series": series.sha256(), "types": {},
+                          "worker": "ggml-rpc-server"}
+    assert f"-DGGML_RPC_BUILD_SERIES={series.sha256()}" in doc["cmake"]["flags"]
     assert all(len(b["sha256"]) == 64 for b in doc["binaries"].values())
     assert doc["cmake"]["configured"] is True and doc["cmake"]["build_steps"] > 0
     assert "-DLLAMA_BUILD_TESTS=ON" in doc["cmake"]["flags"]  # the self-test is on by default

@@ -35,7 +35,7 @@ def test_version_and_help() -> None:
 def test_exit_codes_are_distinct() -> None:
     classes = [c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, errors.TurboctlError) and c is not errors.TurboctlError]
-    assert len(classes) == 24
+    assert len(classes) == 25
     codes = [c.exit_code for c in classes]
     assert len(set(codes)) == len(codes) and errors.UsageError.exit_code == 2
     assert errors.TurboctlError.exit_code not in codes

@@ -46,8 +46,12 @@ def test_backend_flags() -> None:
     linux = host("Linux", "x86_64", ("nvcc",), gpu=True)
     cuda = cmake.cmake_flags(cmake.BACKENDS["cuda"], linux, selftest=False, curl=False)
     assert "-DGGML_CUDA=ON" in cuda and "-DGGML_CCACHE=OFF" in cuda
-    assert cmake.cmake_flags(cmake.BACKENDS["cpu"], linux, selftest=False, curl=False)[-1] == \
+    assert cmake.cmake_flags(cmake.BACKENDS["cpu"], linux, selftest=False, curl=False)[-4] == \
         "-DGGML_CCACHE=OFF"
+    # the RPC backend, with the build identity its handshake sends
+    rpc = cmake.cmake_flags(cmake.BACKENDS["cpu"], linux, selftest=False, curl=False, identity=("abc", "def"))
+    assert rpc[-3:] == ["-DGGML_RPC=ON", "-DGGML_RPC_BUILD_BASE=abc", "-DGGML_RPC_BUILD_SERIES=def"]
+    assert "ggml-rpc-server" in cmake.targets(False)
     assert cmake.targets(True)[-1] == "test-backend-ops"
     assert "test-backend-ops" not in cmake.targets(False)
     assert cmake.generator(mac) == "Ninja"

@@ -14,6 +14,7 @@ from .. import __version__, proc
 from ..errors import ConfigError, UsageError, VerificationError
 from ..paths import Paths
 from ..ui import UI
+from ..workers import identity
 from . import cmake, gitrepo, manifest, patches, source
 from . import selftest as selftest_mod
 from .pins import Pin, default_pins_path, load_pin
@@ -89,7 +90,8 @@ def make_plan(
         backend=chosen,
         host=host,
         generator=cmake.generator(host),
-        flags=tuple(cmake.cmake_flags(chosen, host, selftest=selftest, curl=curl)),
+        flags=tuple(cmake.cmake_flags(chosen, host, selftest=selftest, curl=curl,
+                                      identity=(pin.commit, series.sha256()))),
         targets=tuple(cmake.targets(selftest)),
         jobs=jobs or os.cpu_count() or 2,
         force=force,
@@ -199,7 +201,8 @@ def run(plan: BuildPlan, ui: UI) -> manifest.Manifest:
     with _phase("patches", timings, ui):
         applied = patches.apply_series(tree.path, tree.base_commit, plan.series, force=plan.force,
                                        log=log, ui=ui)
-        patches.check_type_ids(tree.path)
+        rpc_identity = identity.BuildIdentity(base=plan.pin.commit, series=plan.series.sha256(),
+                                              types=identity.turbo_types(patches.check_type_ids(tree.path)))
         ui.ok(f"{applied.reason}; HEAD {applied.head[:12]}")
     env = cmake.build_env(plan.paths.home)
     with _phase("configure", timings, ui):
@@ -243,6 +246,8 @@ def run(plan: BuildPlan, ui: UI) -> manifest.Manifest:
         "version": version,
         "timings_s": timings,
         "selftest": record.model_dump(mode="json") if record else None,
+        "rpc": {"base": rpc_identity.base, "series": rpc_identity.series, "types": dict(rpc_identity.types),
+                "worker": cmake.RPC_SERVER},
     })
     where = manifest.save(result, plan.build_dir, plan.paths)
     ui.ok(f"manifest: {where} ({timings['total']:.1f} s)")

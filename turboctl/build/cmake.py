@@ -15,7 +15,9 @@ from .. import proc
 from ..errors import BuildError, UsageError
 from ..ui import UI
 
-TARGETS = ("llama-server", "llama-cli", "llama-bench", "llama-perplexity", "llama-fit-params")
+TARGETS = ("llama-server", "llama-cli", "llama-bench", "llama-perplexity", "llama-fit-params", "ggml-rpc-server")
+RPC_SERVER = "ggml-rpc-server"
+"""The RPC worker of the build (llama.cpp's ``rpc-server`` tool; its CMake target and binary name)."""
 SELFTEST_TARGET = "test-backend-ops"
 CONFIGURE_STATE = "turboctl-configure.json"
 
@@ -117,7 +119,11 @@ def generator(host: Host) -> str:
     return "Ninja" if host.which("ninja") else "Unix Makefiles"
 
 
-def cmake_flags(backend: Backend, host: Host, *, selftest: bool, curl: bool) -> list[str]:
+def cmake_flags(backend: Backend, host: Host, *, selftest: bool, curl: bool,
+                identity: tuple[str, str] = ("unknown", "unknown")) -> list[str]:
+    """The configure flags. ``identity``: (base commit, series sha256), the build identity the
+    RPC backend sends in its handshake (a client and a worker of different builds refuse each other)."""
+    base, series = identity
     flags = [
         "-DCMAKE_BUILD_TYPE=Release",
         "-DLLAMA_CURL=OFF",
@@ -128,6 +134,10 @@ def cmake_flags(backend: Backend, host: Host, *, selftest: bool, curl: bool) -> 
         # is OFF: no network during builds, and the binary depends only on the tree.
         "-DLLAMA_USE_PREBUILT_UI=OFF",
         f"-DGGML_CCACHE={'ON' if host.which('ccache') else 'OFF'}",
+        # the RPC backend and its worker (turboctl worker; serve --rpc)
+        "-DGGML_RPC=ON",
+        f"-DGGML_RPC_BUILD_BASE={base}",
+        f"-DGGML_RPC_BUILD_SERIES={series}",
     ]
     flags += backend.flags(host)
     return flags

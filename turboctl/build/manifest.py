@@ -141,6 +141,15 @@ class Selftest(_Model):
     output: str = Field(description="the SQL document test-backend-ops wrote")
 
 
+class RpcIdentity(_Model):
+    """The build identity the RPC backend of this build sends in its handshake."""
+
+    base: str = Field(description="the llama.cpp commit the series was applied on")
+    series: str = Field(description="sha256 of the patch series (turboctl.workers.identity.series_sha256)")
+    types: dict[str, int] = Field(description="the turbo types of the build by type id")
+    worker: str = Field(description="the build's RPC worker target (its binary in binaries)")
+
+
 class Manifest(_Model):
     schema_: str = Field(alias="schema")
     turboctl_version: str
@@ -157,6 +166,8 @@ class Manifest(_Model):
     version: list[str]
     timings_s: dict[str, float]
     selftest: Selftest | None = None
+    rpc: RpcIdentity | None = Field(default=None, description=(
+        "the RPC build identity; None: built by a turboctl without the RPC backend"))
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError, PatchError, SourceError
 from ..ui import UI
+from ..workers.identity import series_sha256
 from . import gitrepo
 
 STATE = "turboctl-series.json"
@@ -71,6 +72,10 @@ class Series:
 
     def to_list(self) -> list[dict[str, str]]:
         return [p.to_dict() for p in self.patches]
+
+    def sha256(self) -> str:
+        """The series checksum of the build identity (:func:`turboctl.workers.identity.series_sha256`)."""
+        return series_sha256((p.name, p.sha256) for p in self.patches)
 
     def upstream_files(self) -> list[str]:
         """Files of the pinned tree that the series reads or changes (not those it creates)."""
@@ -285,14 +290,15 @@ _ENUMERATOR = re.compile(r"^\s*(GGML_TYPE_\w+)\s*(?:=\s*(\d+))?\s*,?\s*$")
 GGML_H = PurePosixPath("ggml/include/ggml.h")
 
 
-def check_type_ids(repo: Path) -> None:
+def check_type_ids(repo: Path) -> dict[str, int]:
     """Fail loudly when two ``enum ggml_type`` values of the patched tree share an id (e.g.
     an upstream type added after the pin took the id of a type the series adds): saved KV
     state files store type ids, so a collision would silently misread them. A tree without
-    ``ggml/include/ggml.h`` (not llama.cpp) is not checked."""
+    ``ggml/include/ggml.h`` (not llama.cpp) is not checked. Returns the ids, by name
+    (``GGML_TYPE_TURBO4`` → 45; empty without the header)."""
     header = repo / GGML_H
     if not header.is_file():
-        return
+        return {}
     text = header.read_text(encoding="utf-8", errors="replace")
     m = _GGML_TYPE_ENUM.search(text)
     if not m:
@@ -320,6 +326,7 @@ def check_type_ids(repo: Path) -> None:
     if ids and count is not None and count != max(ids) + 1:
         raise PatchError(f"{header}: GGML_TYPE_COUNT is {count}, the largest type id is {max(ids)}",
                          hint="GGML_TYPE_COUNT must follow the last type; fix the series' ggml.h hunk")
+    return {names[0]: v for v, names in ids.items()}
 
 
 def _fail(repo: Path, base: str, patch: PatchFile, am_output: list[str], log: Path) -> None:

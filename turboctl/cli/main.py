@@ -13,6 +13,7 @@ from . import profiles as profiles_cmd
 from . import selftest as selftest_cmd
 from . import serve as serve_cmd
 from . import service as service_cmd
+from . import worker as worker_cmd
 
 app = typer.Typer(
     name="turboctl",
@@ -47,6 +48,7 @@ app.command("build")(build_cmd.build)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("selftest")(selftest_cmd.selftest)
 app.command("serve")(serve_cmd.serve)
+app.command("worker")(worker_cmd.worker)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(kv_cmd.app, name="kv")
 app.add_typer(profiles_cmd.app, name="profiles")

@@ -84,6 +84,13 @@ def serve(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the exact llama-server command and exit.")
     ] = False,
+    rpc: Annotated[
+        list[str] | None,
+        typer.Option("--rpc", help="Split the model across these RPC workers (HOST:PORT, comma-separated or "
+                                   "repeated; default: the profile's workers), each started with turboctl worker "
+                                   "and checked first: same build, self-test passed, free memory.",
+                     show_default=False),
+    ] = None,
     ready_timeout: Annotated[
         float, typer.Option("--ready-timeout", help="Seconds to wait for the server to load the model.")
     ] = launch.READY_TIMEOUT_S,
@@ -100,7 +107,7 @@ def serve(
         model=model, kv=kv, context=parse_context(ctx) if ctx is not None else None, host=host, port=port,
         parallel=parallel, api_key_file=api_key_file, insecure_no_api_key=insecure_no_api_key,
         no_build=no_build, offline=offline, dry_run=dry_run, max_memory=max_memory, direct=direct,
-        ollama=ollama_port)
+        ollama=ollama_port, rpc=tuple(rpc or ()))
     p: launch.Startable = prepare_router(req, profiles, paths, ui) if len(profiles) > 1 else prepare(req, paths, ui)
     for note in p.notes:
         ui.info(f"note: {note}")
@@ -125,7 +132,8 @@ def serve(
     else:
         ui.kv("serve", [("model", str(p.settings.model)),
                         ("context", f"{p.settings.context} ({p.context_source})"),
-                        ("kv", launch.kv_summary(p)), ("budget", p.budget or "-"), ("log", str(log))])
+                        ("kv", launch.kv_summary(p)), ("budget", p.budget or "-"), ("log", str(log))]
+               + [(f"worker {w['endpoint']}", "checked: this build, self-test passed") for w in p.workers])
     ui.info(f"$ {p.shown}")
 
     def announce(running: launch.RunningServer) -> None:

@@ -156,6 +156,18 @@ def capped(budget: Budget, limit: int, text: str) -> Budget:
                   limit, 0)
 
 
+def pooled(budget: Budget, workers: Sequence[tuple[str, int]]) -> Budget:
+    """This machine's budget plus what RPC workers have free (``(address, free bytes)`` each, as
+    they report it at the check), each with its own margin: the model and its KV cache are split
+    across the devices."""
+    if not workers:
+        return budget
+    extra = sum(max(0, free - margin_for(free)) for _, free in workers)
+    shown = ", ".join(f"{addr} {_gib(free)} free" for addr, free in workers)
+    return Budget(budget.bytes + extra, f"{budget.source} + RPC workers ({shown}; margin each)", budget.kind,
+                  budget.base + sum(f for _, f in workers), budget.margin + sum(margin_for(f) for _, f in workers))
+
+
 # --------------------------------------------------------------------------- the binary's projection
 @dataclass(frozen=True)
 class BufferBytes:

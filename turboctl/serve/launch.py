@@ -21,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import re
 import signal
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -201,6 +202,7 @@ class ServePlan:
     front: Front | None = None
     backend: str = "cpu"
     details: Mapping[str, Any] | None = None  # the GGUF's ollama.DETAIL_KEYS (what Ollama clients are shown)
+    workers: tuple[Mapping[str, Any], ...] = ()  # the RPC workers checked before the start (WorkerStatus.to_json)
 
     @property
     def endpoint(self) -> str:
@@ -226,6 +228,7 @@ class ServePlan:
             "parallel": s.parallel,
             "kv": s.recipe.label,
             "kv_layers": self.plan.describe() if self.plan else None,
+            "workers": [dict(w) for w in self.workers],
             "kv_bytes": sum(self.plan.kv_bytes(s.context)) if self.plan else None,
             "api_key": "set" if s.api_key else "none",
             "command": self.shown,
@@ -241,7 +244,8 @@ def make_serve_plan(settings: ServeSettings, binary: Path, *, plan: RecipePlan |
                     info: ModelInfo | None, context_source: str, budget: str | None = None,
                     projection: Mapping[str, int] | None = None, notes: tuple[str, ...] = (),
                     front: Front | None = None, backend: str = "cpu",
-                    details: Mapping[str, Any] | None = None) -> ServePlan:
+                    details: Mapping[str, Any] | None = None,
+                    workers: tuple[Mapping[str, Any], ...] = ()) -> ServePlan:
     argv = command.server_argv(binary, settings)
     # a dry run: what is only decided at the start (auto context before the build or the model
     # exist, the loopback port behind the proxy) is shown as such
@@ -251,7 +255,7 @@ def make_serve_plan(settings: ServeSettings, binary: Path, *, plan: RecipePlan |
     return ServePlan(settings=settings, argv=argv, env=command.server_env(settings),
                      shown=command.display(argv, command.env_overrides(settings)), plan=plan, info=info,
                      context_source=context_source, budget=budget, projection=projection, notes=notes,
-                     front=front, backend=backend, details=details)
+                     front=front, backend=backend, details=details, workers=workers)
 
 
 def kv_summary(p: ServePlan) -> str:
@@ -339,6 +343,10 @@ class RunningServer:
 
     def failure(self, message: str, hint: str | None = None, lines: list[str] | None = None) -> ServerFailed:
         lines = self.log_text().splitlines() if lines is None else lines
+        lost = failed_worker(lines)
+        if lost is not None:
+            message = f"{message}: RPC worker {lost[0]} failed ({lost[1]})"
+            hint = hint or f"look at the worker on {lost[0]} (its turboctl worker output and log), then serve again"
         return ServerFailed(message, hint=hint, log_path=self.log, details=proc.relevant_lines(lines))
 
     def stop(self) -> int | None:
@@ -346,6 +354,20 @@ class RunningServer:
         if self.proxy is not None:
             self.proxy.stop()
         return self.child.stop()
+
+
+_WORKER_LOST = re.compile(r"RPC worker (\S+?):? (the connection failed during command \d+|closed the connection"
+                          r"|is another build|answered HELLO)")
+
+
+def failed_worker(lines: Sequence[str]) -> tuple[str, str] | None:
+    """The RPC worker a llama-server log names as failed (patch "ggml-rpc: name the worker whose
+    connection failed", and the HELLO refusals): (address, what happened), or None."""
+    for line in reversed(lines):
+        m = _WORKER_LOST.search(line)
+        if m:
+            return m.group(1), m.group(2)
+    return None
 
 
 def verify_log(p: ServePlan, log_text: str) -> None:

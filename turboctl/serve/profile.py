@@ -37,10 +37,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ..errors import ProfileError, TurboctlError
+from ..errors import ProfileError, TurboctlError, UsageError
 from ..kv.config import make_config
 from ..kv.recipe import Recipe, parse_recipe
 from ..kv.rules import MODES, check_mode, parse_rules
+from ..workers.check import parse_endpoints
 
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 24
@@ -78,13 +79,14 @@ MANAGED_FLAGS: dict[str, str] = {
     "-b": "server.batch_size", "--batch-size": "server.batch_size",
     "-fa": "nothing: turboctl always turns flash attention on",
     "--flash-attn": "nothing: turboctl always turns flash attention on",
+    "--rpc": "workers (checked before the server starts)",
 }
 # the environment variables llama-server reads for those flags (its --help, "(env: ...)")
 MANAGED_ENV: dict[str, str] = {
     "LLAMA_ARG_MODEL": "model", "LLAMA_ARG_MODEL_URL": "model.url", "LLAMA_ARG_HF_REPO": "model.hf",
     "LLAMA_ARG_HF_FILE": "model.hf.file", "LLAMA_ARG_CTX_SIZE": "context", "LLAMA_ARG_CACHE_TYPE_K": "kv.k",
     "LLAMA_ARG_CACHE_TYPE_V": "kv.v", "LLAMA_ARG_KV_LAYERS": "kv.layers", "TURBO_LAYER_ADAPTIVE": "kv.adaptive_mode",
-    "LLAMA_ARG_HOST": "server.host", "LLAMA_ARG_PORT": "server.port",
+    "LLAMA_ARG_HOST": "server.host", "LLAMA_ARG_PORT": "server.port", "LLAMA_ARG_RPC": "workers",
     "LLAMA_API_KEY": "server.api_key or server.api_key_env",
     "LLAMA_ARG_API_KEY_FILE": "server.api_key or server.api_key_env",
     "LLAMA_ARG_N_PARALLEL": "server.parallel", "LLAMA_ARG_BATCH": "server.batch_size",
@@ -480,6 +482,8 @@ class Profile(_Model):
     server: ServerSpec = ServerSpec()
     environment: dict[str, str] = Field(default_factory=dict)
     generation: Generation = Generation()
+    workers: tuple[Text, ...] = Field(default=(), max_length=MAX_ITEMS)
+    """RPC workers (``turboctl worker``) the model is split across, as ``HOST:PORT``."""
     # filled by the loader, not by YAML
     origin: Path | None = None
     format: Literal["turboctl", "hermes", "shipped"] = "turboctl"
@@ -500,6 +504,16 @@ class Profile(_Model):
     @classmethod
     def _ctx(cls, value: Any) -> Any:
         return _context(value)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _fail(f"expected a list of HOST:PORT strings, got {short(value)}")
+        try:
+            return tuple(str(ep) for ep in parse_endpoints(list(value), option="workers")) if value else ()
+        except UsageError as exc:
+            raise _fail(exc.message.removeprefix("workers ").removeprefix("workers: ")) from None
 
     @field_validator("environment", mode="before")
     @classmethod

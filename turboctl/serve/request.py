@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import preflight, proc
+from ..build.manifest import Manifest
 from ..errors import ModelError, UsageError
 from ..kv.layout import layout_from_metadata
 from ..kv.recipe import parse_recipe
@@ -19,6 +20,9 @@ from ..models import fetch
 from ..models.gguf import inspect_model, model_info_from_metadata, read_metadata
 from ..paths import Paths, write_text_atomic
 from ..ui import UI
+from ..workers.check import WorkerStatus, parse_endpoints
+from ..workers.check import check_worker as check_one
+from ..workers.worker import build_identity
 from . import fit as fit_mod
 from . import launch
 from . import router as router_mod
@@ -51,6 +55,7 @@ class ServeRequest:
     direct: bool = False
     ollama: bool = False
     member: bool = False  # one model of a router: where it listens and its key are the router's
+    rpc: tuple[str, ...] = ()  # RPC workers (--rpc); else the profile's workers
 
 
 OLLAMA_PORT = 11434
@@ -118,6 +123,7 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     binary = launch.server_binary(m) if m is not None else paths.build / "<not built yet>" / launch.SERVER
     if m is not None and prof is not None and extra:
         check_profile_args(prof, proc.capture([binary, "--help"]) or "")
+    workers, extra = check_workers(req, m, extra, ui)
     wanted = req.context if req.context is not None else (prof.context if prof else "auto")
     plan = info = None
     details: dict[str, Any] | None = None
@@ -130,6 +136,7 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         details = {k: meta.get(k) for k in DETAIL_KEYS}
         plan = preflight.check_plan(m, model, info, layout_from_metadata(meta, info), recipe)
         budget = fit_mod.machine_budget(backend=m.backend)
+        budget = fit_mod.pooled(budget, [(str(w.endpoint), w.free) for w in workers])
         if limit is not None and req.max_memory is not None:
             budget = fit_mod.capped(budget, limit, req.max_memory)
         budget_text = f"{fit_mod.human(budget.bytes)} ({budget.source})"
@@ -161,7 +168,28 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         notes.extend(prof.notes)
     return launch.make_serve_plan(settings, binary, plan=plan, info=info, context_source=context_source,
                                   budget=budget_text, projection=projection, notes=tuple(notes), front=front,
-                                  backend=m.backend if m is not None else "cpu", details=details)
+                                  backend=m.backend if m is not None else "cpu", details=details,
+                                  workers=tuple(w.to_json() for w in workers))
+
+
+def check_workers(req: ServeRequest, m: Manifest | None, extra: tuple[str, ...],
+                  ui: UI) -> tuple[list[WorkerStatus], tuple[str, ...]]:
+    """The RPC workers (``--rpc``, else the profile's ``workers``), each checked before anything
+    starts (reachable, this build's identity, a passed self-test, its free memory), and the
+    server's extra arguments with ``--rpc`` added. A dry run without a build checks nothing."""
+    given = req.rpc or (req.profile.workers if req.profile else ())
+    if not given:
+        return [], extra
+    endpoints = parse_endpoints(list(given))
+    statuses: list[WorkerStatus] = []
+    if m is not None:
+        mine = build_identity(m)
+        for ep in endpoints:
+            w = check_one(ep, mine)
+            ui.ok(f"RPC worker {ep}: this build, self-test {w.identity.self_test}, "
+                  f"{fit_mod.human(w.free)} free of {fit_mod.human(w.total)}")
+            statuses.append(w)
+    return statuses, (*extra, "--rpc", ",".join(str(ep) for ep in endpoints))
 
 
 def endpoint(req: ServeRequest, server: Any) -> tuple[str, int]:
@@ -197,6 +225,11 @@ def prepare_router(req: ServeRequest, profiles: Sequence[Profile], paths: Paths,
     if req.model is not None or req.kv is not None or req.context is not None or req.parallel is not None:
         raise UsageError("with several profiles, --model, --kv, --ctx and --parallel do not apply: each model "
                          "keeps its own profile's settings", hint="set them in each profile")
+    with_workers = [p.name for p in profiles if p.workers]
+    if req.rpc or with_workers:
+        raise UsageError("RPC workers are not supported with several profiles (router mode) yet"
+                         + (f": {', '.join(with_workers)} list workers" if with_workers else ""),
+                         hint="serve a model that needs workers on its own: turboctl serve --profile NAME")
     host, port = endpoint(req, profiles[0].server)
     key = _router_key(req, profiles)
     launch.check_security(host, key, insecure=req.insecure_no_api_key, ui=ui)
