@@ -122,6 +122,10 @@ class UI:
             cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
             self.human.print(escape("  ".join(cells).rstrip()))
 
+    @property
+    def json_emitted(self) -> bool:
+        return self._json_emitted
+
     def emit_json(self, document: Any) -> None:
         """Write THE JSON document of this command to stdout (once)."""
         if self._json_emitted:

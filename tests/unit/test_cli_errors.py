@@ -145,3 +145,23 @@ def test_debug_env_shows_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TURBOCTL_DEBUG", "1")
     r = runner.invoke(app, ["build", "--backend", "vulkan"])
     assert isinstance(r.exception, errors.UsageError)  # propagated: Python prints the traceback
+
+
+def test_an_error_after_the_json_document_goes_to_stderr_only(capsys: pytest.CaptureFixture[str]) -> None:
+    # serve --json prints its ready document, then llama-server may die: stdout keeps one document
+    import typer
+
+    from turboctl.cli.common import handle_errors, start
+
+    @handle_errors
+    def command() -> None:
+        ui = start(True)
+        ui.emit_json({"status": "ready"})
+        raise errors.ServerFailed("llama-server stopped unexpectedly (exit code -6)")
+
+    with pytest.raises(typer.Exit) as exit_:
+        command()
+    assert exit_.value.exit_code == 22
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"status": "ready"}
+    assert "error: llama-server stopped unexpectedly (exit code -6)" in err

@@ -16,9 +16,10 @@ from tests.fetchserver import loopback  # noqa: F401  (fixture)
 from tests.unit.fakebuild import fake_build
 from tests.unit.rpcfakes import fake_worker
 from turboctl.build.patches import Series
-from turboctl.errors import BinaryMissing, GateRefused, InsecureBind, UsageError
+from turboctl.errors import BinaryMissing, GateRefused, InsecureBind, ProfileError, UsageError, WorkerError
+from turboctl.serve import fit, launch, profile
+from turboctl.workers import check, protocol, worker
 from turboctl.workers import identity as ident
-from turboctl.workers import protocol, worker
 
 pytestmark = pytest.mark.usefixtures("loopback")
 
@@ -141,7 +142,7 @@ def test_no_worker_without_a_passed_self_test_or_an_rpc_build(tmp_path: Path) ->
         worker.make_plan(failed)
     with pytest.raises(BinaryMissing, match=r"^this build has no RPC backend \(it was made by a turboctl without "
                                             r"one\)$"):
-        worker.build_identity(m.model_copy(update={"rpc": None}))
+        check.build_identity(m.model_copy(update={"rpc": None}))
     gone = m.model_copy(update={"binaries": {k: v for k, v in m.binaries.items() if k != "ggml-rpc-server"}})
     with pytest.raises(BinaryMissing, match=r"^this build has no RPC worker \(ggml-rpc-server\)$"):
         worker.worker_binary(gone)
@@ -209,3 +210,82 @@ def test_worker_command_errors(tmp_path: Path) -> None:
     res = run("--dry-run", "--port", "50100")
     assert res.returncode == 0 and res.stdout.startswith("GGML_RPC_SELF_TEST='pass 523/523 CPU ")
     assert res.stdout.rstrip().endswith("ggml-rpc-server -H 127.0.0.1 -p 50100")
+
+
+# --------------------------------------------------------------------------- serve's check of its workers
+def test_worker_addresses_are_parsed_and_bad_ones_told() -> None:
+    eps = check.parse_endpoints(["127.0.0.1:50052,[::1]:7", "host-b.local:9"])
+    assert [str(e) for e in eps] == ["127.0.0.1:50052", "[::1]:7", "host-b.local:9"]
+    for bad in ("127.0.0.1", "127.0.0.1:x", ":80", "h:0", "h:70000", "::1:80", "[nope]:80"):
+        with pytest.raises(UsageError) as err:
+            check.parse_endpoints(bad)
+        assert err.value.message == (f"--rpc {bad!r}: expected HOST:PORT (e.g. 192.168.1.20:50052; IPv6 as "
+                                     "[addr]:port)")
+        assert err.value.hint == "turboctl worker prints the address to use"
+    with pytest.raises(UsageError, match=r"^--rpc: the worker a:1 is given twice$"):
+        check.parse_endpoints("a:1,a:1")
+
+
+def test_serve_refuses_each_kind_of_unusable_worker() -> None:
+    record = ident.BuildIdentity(MINE.base, MINE.series, MINE.types, "pass 523/523 CPU now")
+    with fake_worker("patched", record) as fw:
+        w = check.check_worker(check.Endpoint("127.0.0.1", fw.port), MINE)
+        assert (w.free, w.total, w.version) == (3 << 30, 8 << 30, "7.0.0")
+        assert w.to_json()["self_test"] == "pass 523/523 CPU now"
+    cases = [
+        ("stock", record, "closed the connection at HELLO: a stock rpc-server or a build without the TurboQuant "
+                          "series (no build identity)", "no-identity"),
+        ("patched", ident.BuildIdentity(MINE.base, "cd" * 32, MINE.types, "pass 1/1 CPU"),
+         f"is another build: series {MINE.series} vs {'cd' * 32} (this build vs the worker)", "other-build"),
+        ("patched", MINE, "reports no passed self-test (none reported)", None),
+        ("patched", ident.BuildIdentity(MINE.base, MINE.series, MINE.types, "fail 1/2 CPU"),
+         "reports no passed self-test (fail 1/2 CPU)", None),
+    ]
+    for mode, theirs, message, kind in cases:
+        with fake_worker(mode, theirs) as fw, pytest.raises(WorkerError) as err:
+            check.check_workers([check.Endpoint("127.0.0.1", fw.port)], MINE)
+        assert err.value.message == f"RPC worker 127.0.0.1:{fw.port} {message}"
+        assert err.value.exit_code == 26
+        if kind is not None:
+            assert err.value.hint == check.HINTS[kind]
+            assert err.value.details[0] == f"this build: {MINE.describe()}"
+        else:
+            assert err.value.hint == "start it with turboctl worker: it starts only after the build's self-test passed"
+    with fake_worker("patched", ident.BuildIdentity(MINE.base, "0" * 64, MINE.types)) as fw, \
+            pytest.raises(WorkerError) as err:
+        check.check_worker(check.Endpoint("127.0.0.1", fw.port), MINE)
+    assert err.value.details == [f"this build: {MINE.describe()}",
+                                 f"worker:     base {MINE.base} series {'0' * 64} types turbo2=43,turbo3=44,turbo4=45"]
+
+
+def test_the_budget_pools_the_workers_free_memory() -> None:
+    local = fit.Budget(10 << 30, "available RAM 11.0 GiB - margin 1.0 GiB", "ram-available", 11 << 30, 1 << 30)
+    pooled = fit.pooled(local, [("a:1", 8 << 30), ("b:2", 4 << 30)])
+    assert pooled.bytes == (10 << 30) + (8 << 30) - fit.margin_for(8 << 30) + (4 << 30) - fit.margin_for(4 << 30)
+    assert pooled.source == ("available RAM 11.0 GiB - margin 1.0 GiB + RPC workers (a:1 8.00 GiB free, "
+                             "b:2 4.00 GiB free; margin each)")
+    assert fit.pooled(local, []) is local
+
+
+def test_the_failed_worker_is_read_from_the_server_log() -> None:
+    lines = ["load_tensors: ...", "RPC worker 127.0.0.1:50053: the connection failed during command 10 (the worker "
+             "stopped, or the network between it and this process failed)", "GGML_ASSERT ... aborted"]
+    assert launch.failed_worker(lines) == ("127.0.0.1:50053", "the connection failed during command 10")
+    assert launch.failed_worker(["RPC worker 10.0.0.2:9 is another build: worker: ..."]) == \
+        ("10.0.0.2:9", "is another build")
+    assert launch.failed_worker(["nothing here"]) is None
+
+
+def test_a_profile_lists_its_workers_and_bad_entries_name_the_line(tmp_path: Path) -> None:
+    good = tmp_path / "p.yaml"
+    good.write_text("name: p\nmodel: {path: m.gguf}\nworkers: ['10.0.0.2:50052', '[::1]:50053']\n")
+    assert profile.load_profile(good).workers == ("10.0.0.2:50052", "[::1]:50053")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: p\nmodel: {path: m.gguf}\nworkers:\n  - 10.0.0.2\n")
+    with pytest.raises(ProfileError) as err:
+        profile.load_profile(bad)
+    assert err.value.message.startswith(f"{bad}:3: workers: '10.0.0.2': expected HOST:PORT"), err.value.message
+    args = tmp_path / "args.yaml"
+    args.write_text("name: p\nmodel: {path: m.gguf}\nserver: {args: ['--rpc', 'a:1']}\n")
+    with pytest.raises(ProfileError, match=r"'--rpc' is set by turboctl: set it as workers"):
+        profile.load_profile(args)

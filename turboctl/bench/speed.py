@@ -109,6 +109,7 @@ class SpeedPlan:
     reps: int
     log: Path
     repack: bool = True  # False: --repack 0 (where llama.cpp's CPU weight repacking fails)
+    rpc: tuple[str, ...] = ()  # RPC workers the model is split across (checked: turboctl.workers.check)
 
     def expected_tests(self) -> list[tuple[str, int]]:
         """(test, depth) of every test llama-bench runs for one configuration."""
@@ -119,11 +120,12 @@ class SpeedPlan:
         return [str(self.bench), "-m", str(self.model), "-fa", "1", *cfg.recipe.bench_args(),
                 "-p", str(self.n_prompt), "-n", str(self.n_gen), "-d", ",".join(map(str, self.depths)),
                 "-t", str(self.threads), "-r", str(self.reps), *([] if self.repack else ["--repack", "0"]),
-                "-o", "json", "--progress"]
+                *(["-rpc", ",".join(self.rpc)] if self.rpc else []), "-o", "json", "--progress"]
 
 
 def make_plan(m: Manifest, paths: Paths, *, model: Path, kv: Sequence[str], n_prompt: int, n_gen: int,
-              depth: str, threads: int | None, reps: int, repack: bool = True) -> SpeedPlan:
+              depth: str, threads: int | None, reps: int, repack: bool = True,
+              rpc: Sequence[str] = ()) -> SpeedPlan:
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise UsageError(f"-p {n_prompt} -n {n_gen}: need a prompt or a generation length > 0 (and none < 0)")
     if reps < 1:
@@ -136,7 +138,7 @@ def make_plan(m: Manifest, paths: Paths, *, model: Path, kv: Sequence[str], n_pr
     _, configs = preflight.preflight(m, model, recipes)
     return SpeedPlan(bench=binary, model=model.resolve(), configs=tuple(configs), n_prompt=n_prompt,
                      n_gen=n_gen, depths=tuple(depths), threads=threads or os.cpu_count() or 1, reps=reps,
-                     log=common.log_path(paths, "bench-speed"), repack=repack)
+                     log=common.log_path(paths, "bench-speed"), repack=repack, rpc=tuple(rpc))
 
 
 @dataclass
@@ -243,6 +245,7 @@ def to_json(report: SpeedReport, m: Manifest) -> dict[str, Any]:
         "depths": list(plan.depths),
         "threads": plan.threads,
         "reps": plan.reps,
+        "rpc": list(plan.rpc),
         "llama_cpp": common.llama_info(m, plan.bench),
         "results": [
             {

@@ -50,7 +50,9 @@ def handle_errors(fn: F) -> F:
                 raise
             ui = get_ui()
             ui.error(exc.message, hint=exc.hint, log_path=exc.log_path, details=exc.details)
-            if ui.json_mode:
+            # a command that already printed its document (serve --json, once ready) reports a
+            # later failure on stderr and by its exit code only: stdout holds one document
+            if ui.json_mode and not ui.json_emitted:
                 ui.emit_json({"schema": "turboctl.error/1", **exc.to_dict()})
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:

@@ -20,9 +20,8 @@ from ..models import fetch
 from ..models.gguf import inspect_model, model_info_from_metadata, read_metadata
 from ..paths import Paths, write_text_atomic
 from ..ui import UI
-from ..workers.check import WorkerStatus, parse_endpoints
+from ..workers.check import WorkerStatus, build_identity, parse_endpoints
 from ..workers.check import check_worker as check_one
-from ..workers.worker import build_identity
 from . import fit as fit_mod
 from . import launch
 from . import router as router_mod

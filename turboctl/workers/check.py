@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError, WorkerError
+from ..build.manifest import Manifest
+from ..errors import BinaryMissing, UsageError, WorkerError
+from ..ui import UI
 from . import identity as ident
 from . import protocol
 
@@ -23,6 +25,14 @@ HINTS = {
     "version": "build the same turboctl on both machines (turboctl build)",
     "closed": "the worker closed the connection; its log says why (turboctl worker prints where it is)",
 }
+
+
+def build_identity(m: Manifest) -> ident.BuildIdentity:
+    """The identity this build's RPC backend sends (recorded by ``turboctl build``)."""
+    if m.rpc is None:
+        raise BinaryMissing("this build has no RPC backend (it was made by a turboctl without one)",
+                            hint="run turboctl build (it builds the RPC backend and the worker)")
+    return ident.BuildIdentity(base=m.rpc.base, series=m.rpc.series, types=tuple(m.rpc.types.items()))
 
 
 @dataclass(frozen=True)
@@ -107,3 +117,14 @@ def check_workers(endpoints: Sequence[Endpoint], mine: ident.BuildIdentity, *,
                   timeout: float = protocol.TIMEOUT_S) -> list[WorkerStatus]:
     """Every worker checked, in order; the first that cannot be used is the error."""
     return [check_worker(ep, mine, timeout=timeout) for ep in endpoints]
+
+
+def checked(m: Manifest, text: str, ui: UI) -> list[str]:
+    """``--rpc HOST:PORT,...`` of a benchmark: each worker checked (:func:`check_worker`) with this
+    build's identity; their addresses."""
+    out = []
+    for ep in parse_endpoints(text):
+        w = check_worker(ep, build_identity(m))
+        ui.ok(f"RPC worker {ep}: this build, self-test {w.identity.self_test}")
+        out.append(str(ep))
+    return out

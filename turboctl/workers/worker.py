@@ -26,6 +26,7 @@ from ..serve.launch import Stopped, check_port, stop_signals
 from ..ui import UI
 from . import identity as ident
 from . import protocol
+from .check import build_identity
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50052
@@ -35,14 +36,6 @@ SECURITY_WARNING = (
     "the RPC protocol has no authentication and no encryption: anyone who can reach this port can "
     "allocate memory and run computations here, and read what passes through. Use it on a private "
     "network only, or keep the worker on 127.0.0.1 and reach it through an SSH tunnel.")
-
-
-def build_identity(m: Manifest) -> ident.BuildIdentity:
-    """The identity this build's RPC backend sends (recorded by ``turboctl build``)."""
-    if m.rpc is None:
-        raise BinaryMissing("this build has no RPC backend (it was made by a turboctl without one)",
-                            hint="run turboctl build (it builds the RPC backend and the worker)")
-    return ident.BuildIdentity(base=m.rpc.base, series=m.rpc.series, types=tuple(m.rpc.types.items()))
 
 
 def worker_binary(m: Manifest) -> Path:

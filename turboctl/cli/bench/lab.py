@@ -10,6 +10,7 @@ from ...bench import kld as kld_logic
 from ...bench import speed as speed_logic
 from ...paths import get_paths
 from ...preflight import current_build
+from ...workers.check import checked as checked_workers
 from ..common import JsonOpt, handle_errors, start
 from .options import KvOpt, ModelOpt, NoRepackOpt, OutputOpt, ReportOpt, ThreadsOpt, app, finish
 
@@ -56,6 +57,11 @@ def speed(
     threads: ThreadsOpt = None,
     reps: Annotated[int, typer.Option("--reps", "-r", help="Repetitions per test.")] = 5,
     no_repack: NoRepackOpt = False,
+    rpc: Annotated[
+        str | None,
+        typer.Option("--rpc", help="Split the model across these RPC workers (HOST:PORT,...; turboctl worker), "
+                                   "each checked first as serve --rpc checks it.", show_default=False),
+    ] = None,
     output: OutputOpt = None,
     report: ReportOpt = None,
     json_out: JsonOpt = False,
@@ -66,7 +72,8 @@ def speed(
     ui = start(json_out)
     paths = get_paths()
     m = current_build(paths)
+    workers = checked_workers(m, rpc, ui) if rpc else []
     plan = speed_logic.make_plan(m, paths, model=model, kv=kv or [], n_prompt=n_prompt, n_gen=n_gen,
-                                 depth=depth, threads=threads, reps=reps, repack=not no_repack)
+                                 depth=depth, threads=threads, reps=reps, repack=not no_repack, rpc=workers)
     result = speed_logic.run(plan, ui)
     finish(ui, speed_logic.to_json(result, m), output, json_out, lambda: speed_logic.render(result, m, ui), report)
