@@ -289,3 +289,31 @@ def test_a_profile_lists_its_workers_and_bad_entries_name_the_line(tmp_path: Pat
     args.write_text("name: p\nmodel: {path: m.gguf}\nserver: {args: ['--rpc', 'a:1']}\n")
     with pytest.raises(ProfileError, match=r"'--rpc' is set by turboctl: set it as workers"):
         profile.load_profile(args)
+
+
+def test_bench_speed_splits_across_checked_workers(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tests.integration.tinymodel import write_tiny_model
+    from turboctl.cli.main import app
+    from turboctl.paths import get_paths
+
+    m = fake_build(get_paths().home)
+    me = check.build_identity(m)
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    args_log = tmp_path / "args.jsonl"
+    runner = CliRunner()
+    base = ["bench", "speed", "--model", str(model), "--kv", "turbo4", "-p", "64", "-n", "16", "--depth", "0",
+            "--threads", "2", "--reps", "1"]
+    with fake_worker("patched", ident.BuildIdentity(me.base, me.series, me.types, "pass 1/1 CPU")) as fw:
+        r = runner.invoke(app, [*base, "--rpc", f"127.0.0.1:{fw.port}", "--json"],
+                          env={"FAKE_ARGS_LOG": str(args_log)})
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["rpc"] == [f"127.0.0.1:{fw.port}"]
+    run = json.loads(args_log.read_text().splitlines()[0])
+    assert run[run.index("-rpc") + 1] == f"127.0.0.1:{fw.port}"
+    with fake_worker("stock", me) as fw:
+        r = runner.invoke(app, [*base, "--rpc", f"127.0.0.1:{fw.port}"])
+    assert r.exit_code == 26
+    assert f"error: RPC worker 127.0.0.1:{fw.port} closed the connection at HELLO" in r.output
