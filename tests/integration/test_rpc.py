@@ -240,3 +240,38 @@ def test_a_worker_killed_mid_request(home: Path, tiny: Path) -> None:
         assert code == 22, s.stderr[-3000:]
         assert f"RPC worker {w2.address} failed (the connection failed during command" in s.stderr, s.stderr[-3000:]
         s.assert_no_orphan()
+
+
+def test_doctor_projects_each_worker_device_as_the_server_allocates_it(home: Path) -> None:
+    """``doctor --model M --rpc A,B --json``: each RPC device's weights + KV are what llama-server then
+    allocates on a worker (its log, in MiB), and its compute buffer within 25 %. Which worker gets
+    the larger share of the layers follows their free memory at load time (equal here but for
+    noise: both are this machine), so the devices are compared as a set."""
+    if not BENCH_MODEL.is_file():
+        pytest.fail(f"{BENCH_MODEL} is missing (../shared/models/bench-a-h128.gguf)")
+    args = ["--model", str(BENCH_MODEL), "--kv", "turbo4", "--ctx", "1024"]
+    env = {**turboctl_env(home), "LLAMA_ARG_REPACK": "0"}
+    with workers(home, 2) as ws:
+        rpc = ",".join(w.address for w in ws)
+        res = subprocess.run([sys.executable, "-m", "turboctl", "doctor", *args, "--rpc", rpc, "--json"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        doc = json.loads(res.stdout)
+        row = next(r for r in doc["rows"] if r["given"])
+        parts = {d["device"]: d for d in row["devices"]}
+        assert set(parts) == {"this machine", *(f"RPC0[{w.address}]" for w in ws)}
+        assert sum(d["bytes"] for d in parts.values()) == row["total_bytes"] and row["fits"]
+        assert "run on this machine" in res.stderr  # loopback workers: the pooled budget counts RAM twice
+        with Serve(home, [*args, "--direct", "--port", str(free_port()), "--rpc", rpc], LLAMA_ARG_REPACK="0") as s:
+            lines = _on_each_worker(Path(s.doc["log"]).read_text(errors="replace"), ws)
+
+    def logged(name: str, what: str) -> float:
+        return sum(float(ln.rsplit("=", 1)[1].split()[0]) for ln in lines if f"{name} {what} buffer size" in ln)
+
+    served = sorted((logged(f"RPC0[{w.address}]", "model"), logged(f"RPC0[{w.address}]", "KV"),
+                     logged(f"RPC0[{w.address}]", "compute")) for w in ws)
+    projected = sorted((d["weights"] / 2**20, d["context"] / 2**20, d["compute"] / 2**20)
+                       for name, d in parts.items() if name != "this machine")
+    for (sw, skv, sc), (pw, pkv, pc) in zip(served, projected, strict=True):
+        assert abs(sw - pw) < 0.01 and abs(skv - pkv) < 0.01, (served, projected)
+        assert abs(sc - pc) <= 0.25 * pc, (served, projected)

@@ -92,8 +92,35 @@ def fake_run(args: Sequence[str], env: Mapping[str, str] | None = None) -> tuple
 
         if any(la.head_dim_k % 32 for la in read_layout(Path(model))[1].owned()):
             return 134, (FIT / "fit-params-h80-q8_0.txt").read_text()  # block size 32 does not divide it
-    return 0, synth_output(int(arg(args, "-c") or 2048), arg(args, "-ctk") or "f16", arg(args, "-ctv") or "f16",
-                           model=Path(model) if model else None, rules=arg(args, "--kv-layers"))
+    text = synth_output(int(arg(args, "-c") or 2048), arg(args, "-ctk") or "f16", arg(args, "-ctv") or "f16",
+                        model=Path(model) if model else None, rules=arg(args, "--kv-layers"))
+    rpc = arg(args, "--rpc")
+    return 0, split_rpc(text, rpc.split(",")) if rpc else text
+
+
+_CPU_BYTES = re.compile(r"^(.*llama_fit_params: projected bytes: )CPU \(device none, host\): "
+                        r"model (\d+), context (\d+), compute (\d+)$", re.MULTILINE)
+
+
+def split_rpc(text: str, workers: Sequence[str]) -> str:
+    """A projection with RPC workers, the way the real run splits it (tests/data/fit/
+    fit-params-bench-a-turbo4-rpc2-4096.txt): each worker's device ``RPC0[HOST:PORT]`` holds its
+    share of the layers and their KV cache, this machine keeps 1/8 of the weights (the token
+    embeddings) and the host compute buffer; weights and KV split evenly, the rest to the last worker."""
+    m = _CPU_BYTES.search(text)
+    assert m is not None, "no CPU projection line to split"
+    weights, context, compute = int(m[2]), int(m[3]), int(m[4])
+    local = weights // 8
+    n = len(workers)
+    w_each, c_each = (weights - local) // n, context // n
+    lines = []
+    for i, ep in enumerate(workers):
+        last = i == n - 1
+        w = weights - local - w_each * (n - 1) if last else w_each
+        c = context - c_each * (n - 1) if last else c_each
+        lines.append(f"{m[1]}RPC0[{ep}] (device RPC{i}, device): model {w}, context {c}, compute 0")
+    lines.append(f"{m[1]}CPU (device none, host): model {local}, context 0, compute {compute}")
+    return text[:m.start()] + "\n".join(lines) + text[m.end():]
 
 
 def main(args: list[str]) -> int:

@@ -346,8 +346,8 @@ def test_does_not_fit_when_nothing_fits(build: Manifest, model: Path) -> None:
     with pytest.raises(DoesNotFit) as err:
         fit.fit(build, model, proj.plan, "auto", budget, n_ctx_train=2048, projector=proj)
     assert err.value.message == (
-        "bench-like.gguf with KV f16 does not fit at any context: context 1024 needs weights 56.0 MiB + KV 8.0 MiB + "
-        "compute 15.0 MiB = 79.0 MiB, over the budget of 50.0 MiB (test budget)")
+        "bench-like.gguf with KV f16 does not fit at any context: context 1024 needs 79.0 MiB (weights 56.0 MiB + "
+        "KV 8.0 MiB + compute 15.0 MiB = 79.0 MiB), over the budget of 50.0 MiB (test budget)")
     assert err.value.hint == "free memory, use a smaller model or a KV recipe with fewer bits"
     assert compute_at(1024) == COMPUTE
 

@@ -140,14 +140,14 @@ def test_cli_table_and_json(home: Path, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--kv", "turbo4"], "error: --kv, --ctx and --parallel need --model or --profile (the what-if table)"),
-    (["--ctx", "4096"], "error: --kv, --ctx and --parallel need --model or --profile (the what-if table)"),
+    (["--kv", "turbo4"], "error: --kv, --ctx, --parallel and --rpc need --model or --profile (the what-if table)"),
+    (["--ctx", "4096"], "error: --kv, --ctx, --parallel and --rpc need --model or --profile (the what-if table)"),
     (["--model", "MODEL", "--ctx", "lots"],
      "error: --ctx lots: expected auto or a positive number of tokens (e.g. 8192 or 32k)"),
     (["--model", "MODEL", "--ctx", "0"],
      "error: --ctx 0: expected auto or a positive number of tokens (e.g. 8192 or 32k)"),
     (["--profile", "smollm2-demo", "--ctx", "4096"],
-     "error: --profile takes the model, --kv, --ctx and --parallel from the profile"),
+     "error: --profile takes the model, --kv, --ctx, --parallel and the workers (--rpc) from the profile"),
 ])
 def test_cli_usage_errors(home: Path, tmp_path: Path, args: list[str], message: str) -> None:
     make_build(home)

@@ -17,7 +17,7 @@ from tests.unit.fakebuild import fake_build
 from tests.unit.rpcfakes import fake_worker
 from turboctl.build.patches import Series
 from turboctl.errors import BinaryMissing, GateRefused, InsecureBind, ProfileError, UsageError, WorkerError
-from turboctl.serve import fit, launch, profile
+from turboctl.serve import launch, profile
 from turboctl.workers import check, protocol, worker
 from turboctl.workers import identity as ident
 
@@ -256,15 +256,6 @@ def test_serve_refuses_each_kind_of_unusable_worker() -> None:
         check.check_worker(check.Endpoint("127.0.0.1", fw.port), MINE)
     assert err.value.details == [f"this build: {MINE.describe()}",
                                  f"worker:     base {MINE.base} series {'0' * 64} types turbo2=43,turbo3=44,turbo4=45"]
-
-
-def test_the_budget_pools_the_workers_free_memory() -> None:
-    local = fit.Budget(10 << 30, "available RAM 11.0 GiB - margin 1.0 GiB", "ram-available", 11 << 30, 1 << 30)
-    pooled = fit.pooled(local, [("a:1", 8 << 30), ("b:2", 4 << 30)])
-    assert pooled.bytes == (10 << 30) + (8 << 30) - fit.margin_for(8 << 30) + (4 << 30) - fit.margin_for(4 << 30)
-    assert pooled.source == ("available RAM 11.0 GiB - margin 1.0 GiB + RPC workers (a:1 8.00 GiB free, "
-                             "b:2 4.00 GiB free; margin each)")
-    assert fit.pooled(local, []) is local
 
 
 def test_the_failed_worker_is_read_from_the_server_log() -> None:

@@ -1,7 +1,8 @@
 """``turboctl serve``: parse options, prepare the plan, start llama-server, stay in the foreground."""
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -133,7 +134,8 @@ def serve(
         ui.kv("serve", [("model", str(p.settings.model)),
                         ("context", f"{p.settings.context} ({p.context_source})"),
                         ("kv", launch.kv_summary(p)), ("budget", p.budget or "-"), ("log", str(log))]
-               + [(f"worker {w['endpoint']}", "checked: this build, self-test passed") for w in p.workers])
+               + [(f"worker {w['endpoint']}", "checked: this build, self-test passed" + _worker_parts(w))
+                  for w in p.workers])
     ui.info(f"$ {p.shown}")
 
     def announce(running: launch.RunningServer) -> None:
@@ -160,3 +162,10 @@ def serve(
     code = launch.serve_forever(p, log, ui, announce, ready_timeout=ready_timeout)
     if code:
         raise typer.Exit(code)
+
+
+def _worker_parts(w: Mapping[str, Any]) -> str:
+    """``; projected X of its Y share`` for each device of a checked worker (when the fit ran)."""
+    parts = [f"RPC{d['index']} {human(d['projected_bytes'])} of its {human(d['share_bytes'])} share"
+             for d in w["devices"] if "projected_bytes" in d]
+    return ("; projected " + ", ".join(parts)) if parts else ""

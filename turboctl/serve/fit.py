@@ -49,6 +49,7 @@ from ..llamalog import compare_plan, kv_contexts
 KIB = 1024
 MIB = 1024**2
 GIB = 1024**3
+LOCAL = "this machine"
 CONTEXT_STEP = 1024
 MARGIN_FRACTION = 0.10
 MARGIN_MIN = 512 * MIB
@@ -70,12 +71,33 @@ def human(n: int) -> str:
 
 # --------------------------------------------------------------------------- budget
 @dataclass(frozen=True)
-class Budget:
+class DeviceBudget:
+    """One device of an RPC worker: its free memory as the worker reports it, less a margin."""
+
+    worker: str   # HOST:PORT
+    index: int    # the device's index on that worker
+    free: int
     bytes: int
+
+    @property
+    def name(self) -> str:
+        """The name llama.cpp gives the device's buffer type: ``RPC<index>[HOST:PORT]``."""
+        return f"RPC{self.index}[{self.worker}]"
+
+
+@dataclass(frozen=True)
+class Budget:
+    bytes: int    # everything: this machine's share plus the RPC devices'
     source: str  # e.g. "available RAM 21.3 GiB - margin 2.0 GiB"
     kind: BudgetKind = "ram-available"
     base: int = 0
     margin: int = 0
+    devices: tuple[DeviceBudget, ...] = ()  # RPC worker devices (serve --rpc, a profile's workers)
+
+    @property
+    def local(self) -> int:
+        """This machine's share of :attr:`bytes`."""
+        return self.bytes - sum(d.bytes for d in self.devices)
 
 
 def margin_for(base: int) -> int:
@@ -156,16 +178,19 @@ def capped(budget: Budget, limit: int, text: str) -> Budget:
                   limit, 0)
 
 
-def pooled(budget: Budget, workers: Sequence[tuple[str, int]]) -> Budget:
-    """This machine's budget plus what RPC workers have free (``(address, free bytes)`` each, as
-    they report it at the check), each with its own margin: the model and its KV cache are split
-    across the devices."""
+def pooled(budget: Budget, workers: Sequence[tuple[str, Sequence[int]]]) -> Budget:
+    """This machine's budget plus what RPC workers have free (``(HOST:PORT, free bytes per
+    device)`` each, as they report it at the check), each device with its own margin: the model
+    and its KV cache are split across the devices, and each device must hold its own part
+    (:func:`overs`)."""
     if not workers:
         return budget
-    extra = sum(max(0, free - margin_for(free)) for _, free in workers)
-    shown = ", ".join(f"{addr} {_gib(free)} free" for addr, free in workers)
-    return Budget(budget.bytes + extra, f"{budget.source} + RPC workers ({shown}; margin each)", budget.kind,
-                  budget.base + sum(f for _, f in workers), budget.margin + sum(margin_for(f) for _, f in workers))
+    devices = tuple(DeviceBudget(addr, i, free, max(0, free - margin_for(free)))
+                    for addr, frees in workers for i, free in enumerate(frees))
+    shown = ", ".join(f"{addr} {_gib(sum(frees))} free" for addr, frees in workers)
+    return Budget(budget.bytes + sum(d.bytes for d in devices), f"{budget.source} + RPC workers ({shown}; margin each)",
+                  budget.kind, budget.base + sum(d.free for d in devices),
+                  budget.margin + sum(margin_for(d.free) for d in devices), budget.devices + devices)
 
 
 # --------------------------------------------------------------------------- the binary's projection
@@ -199,13 +224,89 @@ class Projection:
     args: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
+    def device_parts(self) -> dict[str, tuple[int, int, int]]:
+        """(model, context, compute) bytes per device: ``this machine`` (every buffer that is not an
+        RPC device's: CPU, host, local GPUs), then each RPC device by its buffer name
+        ``RPC<i>[HOST:PORT]``."""
+        out = {LOCAL: (0, 0, 0)}
+        for b in self.devices:
+            key = b.buffer if _RPC_BUFFER.match(b.buffer) else LOCAL
+            m, c, x = out.get(key, (0, 0, 0))
+            out[key] = (m + b.model, c + b.context, x + b.compute)
+        return out
+
+    def per_device(self) -> dict[str, int]:
+        """Bytes per device (:meth:`device_parts` summed)."""
+        return {k: sum(v) for k, v in self.device_parts().items()}
+
     def breakdown(self) -> str:
         state = f" + state {human(self.state)}" if self.state else ""
         return (f"weights {human(self.weights)} + KV {human(self.kv)}{state} + compute {human(self.compute)} "
                 f"= {human(self.total)}")
 
 
+@dataclass(frozen=True)
+class DeviceUse:
+    """One device's part of a projection against its share of the budget."""
+
+    device: str
+    bytes: int    # weights + context + compute
+    budget: int
+    weights: int = 0
+    context: int = 0  # the KV cache (and recurrent state)
+    compute: int = 0
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes <= self.budget
+
+
+def device_use(p: Projection, budget: Budget) -> list[DeviceUse]:
+    """Each device's projected bytes against its share of the budget: this machine first, then the
+    RPC devices in the budget's order (a device the projection does not use shows 0 bytes). An RPC
+    buffer of a device the budget does not know has a budget of 0 (it cannot fit)."""
+    parts = p.device_parts()
+
+    def use(name: str, share: int) -> DeviceUse:
+        m, c, x = parts.pop(name, (0, 0, 0))
+        return DeviceUse(name, m + c + x, share, m, c, x)
+
+    uses = [use(LOCAL, budget.local), *(use(d.name, d.bytes) for d in budget.devices)]
+    return uses + [use(name, 0) for name in list(parts)]
+
+
+def overs(p: Projection, budget: Budget) -> list[DeviceUse]:
+    """The devices whose part of the projection is over their share (empty: it fits). Without RPC
+    devices that is the whole projection against the whole budget."""
+    return [u for u in _uses(p, budget) if not u.fits]
+
+
+def _uses(p: Projection, budget: Budget) -> list[DeviceUse]:
+    if budget.devices:
+        return device_use(p, budget)
+    return [DeviceUse(LOCAL, p.total, budget.bytes, p.weights, p.total - p.weights - p.compute, p.compute)]
+
+
+def load(p: Projection, budget: Budget) -> float:
+    """The fullest device's bytes over its share (<= 1: it fits)."""
+    uses = _uses(p, budget)
+    return max((u.bytes / u.budget) if u.budget > 0 else (float("inf") if u.bytes else 0.0) for u in uses)
+
+
+def over_text(p: Projection, budget: Budget) -> str:
+    """Why a projection does not fit, for an error: the whole of it against the budget, or the
+    devices over their shares."""
+    over = overs(p, budget)
+    if not budget.devices:
+        return (f"needs {human(p.total)} ({p.breakdown()}), over the budget of {human(budget.bytes)} "
+                f"({budget.source})")
+    parts = "; ".join(f"{u.device} {human(u.bytes)} of {human(u.budget)}" for u in over)
+    return (f"needs {human(p.total)} ({p.breakdown()}) and is over on {parts} (budget {human(budget.bytes)}: "
+            f"{budget.source})")
+
+
 _CTX_LINE = re.compile(r"llama_fit_params: projected context: n_ctx (\d+), n_ctx_seq (\d+), n_seq_max (\d+)")
+_RPC_BUFFER = re.compile(r"^RPC\d+\[.+\]$")
 _BYTES_LINE = re.compile(r"llama_fit_params: projected bytes: (.+?) \(device (.+?), (host|device)\): "
                          r"model (\d+), context (\d+), compute (\d+)")
 
@@ -395,7 +496,7 @@ def candidates(n_ctx_train: int) -> list[int]:
     return [k * CONTEXT_STEP for k in range(1, n_ctx_train // CONTEXT_STEP + 1)]
 
 
-def search_largest(fits: Callable[[int], tuple[bool, int]], values: Sequence[int], budget: int) -> int | None:
+def search_largest(fits: Callable[[int], tuple[bool, float]], values: Sequence[int], budget: float) -> int | None:
     """The largest of ``values`` (ascending) for which ``fits`` holds, assuming it holds for a prefix.
     ``fits(v)`` → (fits, total bytes). The guess is interpolated from the totals at the bracket
     (the KV part is linear in the context, compute piecewise linear), followed by a check of its
@@ -446,11 +547,11 @@ def largest_context(m: Manifest, model: Path, plan: RecipePlan, budget: Budget, 
     proj = projector or Projector(m, model, plan, parallel=parallel, batch_size=batch_size,
                                   extra_args=extra_args, env=env)
 
-    def fits(ctx: int) -> tuple[bool, int]:
+    def fits(ctx: int) -> tuple[bool, float]:  # the fullest device's load: 1.0 is its share
         p = proj(ctx)
-        return p.total <= budget.bytes, p.total
+        return not overs(p, budget), load(p, budget)
 
-    return search_largest(fits, candidates(n_ctx_train), budget.bytes)
+    return search_largest(fits, candidates(n_ctx_train), 1.0)
 
 
 def fit(m: Manifest, model: Path, plan: RecipePlan, context: int | Literal["auto"], budget: Budget, *,
@@ -465,20 +566,19 @@ def fit(m: Manifest, model: Path, plan: RecipePlan, context: int | Literal["auto
         best = largest_context(m, model, plan, budget, n_ctx_train=n_ctx_train, projector=proj)
         if best is None:
             smallest = candidates(n_ctx_train)[:1]
-            need = f": context {smallest[0]} needs {proj(smallest[0]).breakdown()}" if smallest else ""
+            need = (f": context {smallest[0]} {over_text(proj(smallest[0]), budget)}" if smallest else
+                    f", over the budget of {human(budget.bytes)} ({budget.source})")
             raise DoesNotFit(
-                f"{model.name} with KV {plan.label} does not fit at any context{need}, over the budget of "
-                f"{human(budget.bytes)} ({budget.source})",
+                f"{model.name} with KV {plan.label} does not fit at any context{need}",
                 hint="free memory, use a smaller model or a KV recipe with fewer bits")
         return proj(best)
     p = proj(context)
-    if p.total <= budget.bytes:
+    if not overs(p, budget):
         return p
     best = largest_context(m, model, plan, budget, n_ctx_train=n_ctx_train, projector=proj)
     largest = (f"the largest context that fits is {best}" if best is not None
                else "nothing fits, not even context " + str((candidates(n_ctx_train) or [context])[0]))
     raise DoesNotFit(
-        f"{model.name} at context {context} with KV {plan.label} needs {human(p.total)} ({p.breakdown()}), "
-        f"over the budget of {human(budget.bytes)} ({budget.source}); {largest}",
+        f"{model.name} at context {context} with KV {plan.label} {over_text(p, budget)}; {largest}",
         hint=f"use context: {best} (or auto), or a KV recipe with fewer bits" if best is not None else
         "free memory, use a smaller model or a KV recipe with fewer bits")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +20,7 @@ from ..models import fetch
 from ..models.gguf import inspect_model, model_info_from_metadata, read_metadata
 from ..paths import Paths, write_text_atomic
 from ..ui import UI
-from ..workers.check import WorkerStatus, build_identity, parse_endpoints
+from ..workers.check import WorkerStatus, build_identity, loopback_note, parse_endpoints
 from ..workers.check import check_worker as check_one
 from . import fit as fit_mod
 from . import launch
@@ -128,6 +128,7 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     details: dict[str, Any] | None = None
     budget_text: str | None = None
     projection: dict[str, int] | None = None
+    uses: dict[str, fit_mod.DeviceUse] = {}
     context_source = "requested"
     if m is not None and model is not None:
         meta = read_metadata(model)  # once: a large GGUF's metadata takes seconds to read
@@ -135,9 +136,9 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         details = {k: meta.get(k) for k in DETAIL_KEYS}
         plan = preflight.check_plan(m, model, info, layout_from_metadata(meta, info), recipe)
         budget = fit_mod.machine_budget(backend=m.backend)
-        budget = fit_mod.pooled(budget, [(str(w.endpoint), w.free) for w in workers])
-        if limit is not None and req.max_memory is not None:
+        if limit is not None and req.max_memory is not None:  # this machine's share; workers keep theirs
             budget = fit_mod.capped(budget, limit, req.max_memory)
+        budget = fit_mod.pooled(budget, worker_frees(workers))
         budget_text = f"{fit_mod.human(budget.bytes)} ({budget.source})"
         proj = fit_mod.fit(m, model, plan, wanted, budget, n_ctx_train=n_ctx_train_of(meta),
                            parallel=parallel, batch_size=server.batch_size if server else None, extra_args=extra,
@@ -146,6 +147,7 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
         context_source = "auto: the largest that fits" if wanted == "auto" else "requested"
         projection = {"weights": proj.weights, "kv": proj.kv, "compute": proj.compute, "total": proj.total,
                       "budget": budget.bytes}
+        uses = {u.device: u for u in fit_mod.device_use(proj, budget)} if workers else {}
     elif wanted == "auto":
         if model is not None:
             inspect_model(model)  # a bad file is still an error in a dry run
@@ -168,7 +170,22 @@ def prepare(req: ServeRequest, paths: Paths, ui: UI) -> launch.ServePlan:
     return launch.make_serve_plan(settings, binary, plan=plan, info=info, context_source=context_source,
                                   budget=budget_text, projection=projection, notes=tuple(notes), front=front,
                                   backend=m.backend if m is not None else "cpu", details=details,
-                                  workers=tuple(w.to_json() for w in workers))
+                                  workers=tuple(_worker_json(w, uses) for w in workers))
+
+
+def _worker_json(w: WorkerStatus, uses: Mapping[str, fit_mod.DeviceUse]) -> dict[str, Any]:
+    """A checked worker for the plan, with each of its devices' projected part and share."""
+    doc = w.to_json()
+    for d in doc["devices"]:
+        u = uses.get(f"RPC{d['index']}[{w.endpoint}]")
+        d["projected_bytes"] = u.bytes if u else 0
+        d["share_bytes"] = u.budget if u else 0
+    return doc
+
+
+def worker_frees(workers: Sequence[WorkerStatus]) -> list[tuple[str, list[int]]]:
+    """Each worker's free memory per device, for :func:`turboctl.serve.fit.pooled`."""
+    return [(str(w.endpoint), [d.free for d in w.devices]) for w in workers]
 
 
 def check_workers(req: ServeRequest, m: Manifest | None, extra: tuple[str, ...],
@@ -188,6 +205,9 @@ def check_workers(req: ServeRequest, m: Manifest | None, extra: tuple[str, ...],
             ui.ok(f"RPC worker {ep}: this build, self-test {w.identity.self_test}, "
                   f"{fit_mod.human(w.free)} free of {fit_mod.human(w.total)}")
             statuses.append(w)
+        note = loopback_note(endpoints)
+        if note:
+            ui.warn(note)
     return statuses, (*extra, "--rpc", ",".join(str(ep) for ep in endpoints))
 
 

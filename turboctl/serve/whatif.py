@@ -1,6 +1,7 @@
 """The what-if table of ``turboctl doctor --model M`` (and ``--profile``): for each KV cache type
 and the given recipe, the KV bytes at the context and the largest context that fits this
-machine, from the built binary's projection (:mod:`turboctl.serve.fit`)."""
+machine, from the built binary's projection (:mod:`turboctl.serve.fit`). With RPC workers the
+budget is pooled and every row also has each device's bytes against that device's share."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from ..kv.layout import KVLayout, layout_from_metadata
 from ..kv.recipe import Recipe, parse_recipe
 from ..models.gguf import ModelInfo, model_info_from_metadata, read_metadata
 from ..preflight import check_plan
-from .fit import Budget, Projector, Runner, largest_context
+from .fit import Budget, DeviceUse, Projector, Runner, device_use, largest_context, overs
 
-SCHEMA = "turboctl.whatif/1"
+SCHEMA = "turboctl.whatif/2"
 WHAT_IF_TYPES = ("f16", "q8_0", "q4_0", "turbo4", "turbo3", "turbo2")
 
 
@@ -32,6 +33,7 @@ class WhatIfRow:
     fits: bool | None
     largest_context: int | None
     skipped: str | None = None  # why the row has no figures (the gate, the model)
+    devices: tuple[DeviceUse, ...] = ()  # at the context: this machine, then each RPC device
 
 
 def n_ctx_train_of(meta: Mapping[str, Any]) -> int:
@@ -65,8 +67,8 @@ def _row(m: Manifest, model: Path, info: ModelInfo, layout: KVLayout, recipe: Re
     except CommandFailed as exc:  # llama.cpp's own refusal (e.g. a block size that does not divide the head dim)
         why = exc.message.split(f"with KV {recipe.label}: ", 1)[-1]
         return WhatIfRow(recipe.label, given, None, at, None, None, None, None, f"llama.cpp refuses it: {why}")
-    return WhatIfRow(recipe.label, given, round(plan.bits_per_value, 4), at, p.kv, p.total, p.total <= budget.bytes,
-                     best)
+    return WhatIfRow(recipe.label, given, round(plan.bits_per_value, 4), at, p.kv, p.total, not overs(p, budget),
+                     best, devices=tuple(device_use(p, budget)))
 
 
 def what_if(m: Manifest, model: Path, profile_recipe: Recipe | None, context: int | Literal["auto"], budget: Budget, *,
@@ -123,8 +125,10 @@ def report(model: Path, context: int | Literal["auto"], budget: Budget, rows: Se
         "n_ctx_train": n_ctx_train,
         "parallel": parallel,
         "budget": {"bytes": budget.bytes, "source": budget.source, "kind": budget.kind,
-                   "base_bytes": budget.base, "margin_bytes": budget.margin},
-        "rows": [asdict(r) for r in rows],
+                   "base_bytes": budget.base, "margin_bytes": budget.margin, "local_bytes": budget.local,
+                   "devices": [{"device": d.name, "worker": d.worker, "index": d.index, "free_bytes": d.free,
+                                "bytes": d.bytes} for d in budget.devices]},
+        "rows": [{**asdict(r), "devices": [asdict(u) for u in r.devices]} for r in rows],
     }
 
 

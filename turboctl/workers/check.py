@@ -69,6 +69,26 @@ def parse_endpoints(values: str | Sequence[str], *, option: str = "--rpc") -> tu
     return tuple(out)
 
 
+def on_this_machine(ep: Endpoint) -> bool:
+    """A worker on a loopback address shares this machine's memory (a test setup: the pooled
+    budget counts that memory twice)."""
+    if ep.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ep.host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_note(endpoints: Sequence[Endpoint]) -> str | None:
+    """The warning for workers on this machine, or None."""
+    local = [str(ep) for ep in endpoints if on_this_machine(ep)]
+    if not local:
+        return None
+    return (f"RPC worker(s) {', '.join(local)} run on this machine: their free memory is this machine's, counted "
+            "again in the pooled budget (fine for a test, not for sizing a real split)")
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
     endpoint: Endpoint
