@@ -11,7 +11,23 @@
 // isfinite() to true); the exact-math pragma exists from MSL 3.2 on and is only used there.
 // The library that quantizes (quantize.metal) is compiled with fast math off by the host
 // (kernels/README.md, "Metal").
+//
+// CUDA (nvcc, __CUDACC__): the functions are __device__ code and the tables of
+// turbo-codebooks.h live in device memory (TURBO_CONST is set here, before the first
+// include of the codebooks); the quantizer must be compiled with --fmad=false, like the C
+// files with -ffp-contract=off, so that its squared errors round as the reference's do
+// (kernels/README.md, "CUDA").
 #pragma once
+
+#if defined(__CUDACC__)
+#  if defined(TURBO_QK_SUB) && !defined(TURBO_CONST_DEVICE)
+#    error "turbo-impl.h: include it before any other codec header in CUDA code (the tables must be __device__)"
+#  endif
+#  ifndef TURBO_CONST
+#    define TURBO_CONST static __device__ const
+#    define TURBO_CONST_DEVICE 1
+#  endif
+#endif
 
 #include "ggml-turbo/turbo.h"
 
@@ -21,7 +37,11 @@
 #  define TURBO_EXACT_MATH
 #endif
 
-#define TURBO_INLINE static inline
+#if defined(__CUDACC__)
+#  define TURBO_INLINE static __device__ __forceinline__
+#else
+#  define TURBO_INLINE static inline
+#endif
 
 #if defined(__METAL_VERSION__)
 #  include <metal_stdlib>
@@ -30,6 +50,13 @@
 #  define TURBO_CST    constant
 #  define TURBO_FABS(x) metal::fabs(x)
 #  define TURBO_FLOAT_BITS(x) metal::as_type<uint>(x)
+#elif defined(__CUDACC__)
+#  include <math.h>
+#  define TURBO_DEV
+#  define TURBO_THR
+#  define TURBO_CST
+#  define TURBO_FABS(x) fabsf(x)
+#  define TURBO_FLOAT_BITS(x) __float_as_uint(x)
 #else
 #  include <math.h>
 #  include <string.h>
