@@ -8,7 +8,8 @@ ids so `git am --3way` works). The tests run it with --check, so the patch can n
 from kernels/.
 
 Files that only the Metal backend compiles are not in it: they are added by the Metal patch
-(METAL_ONLY below), whose copies the tests compare with kernels/ byte for byte.
+(METAL_ONLY below), whose copies the tests compare with kernels/ byte for byte; the same for
+the CUDA-only files and the first CUDA patch (CUDA_ONLY).
 
 usage: make_codec_patch.py [--check]
 """
@@ -50,6 +51,21 @@ METAL_ONLY = {
     "turbo-metal.h": DEST,
     "fa_vec_turbo.metal": "ggml/src/ggml-metal/kernels",
 }
+# compiled by the CUDA backend only: added by the CUDA patch (patches/NNNN-ggml-cuda-TurboQuant-...), not here
+CUDA_PATCH_GLOB = "[0-9][0-9][0-9][0-9]-ggml-cuda-TurboQuant-*.patch"
+CUDA_ONLY = {
+    "turbo-cuda.cuh": DEST,
+}
+
+
+def cuda_patch() -> Path:
+    """The CUDA patch of the series that adds the CUDA-only codec files."""
+    found = sorted((ROOT / "patches").glob(CUDA_PATCH_GLOB))
+    if not found:
+        raise SystemExit(f"patches/: no {CUDA_PATCH_GLOB}")
+    return found[0]
+
+
 AUTHOR = "turboctl <dev@turboctl.invalid>"
 DATE = "Sun, 29 Nov 2026 00:00:00 +0000"
 

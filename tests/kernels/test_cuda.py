@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernels.conftest import KERNELS, include_flags
+from tests.kernels.test_metal_patch import make_codec_patch, new_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "cuda_codec_check"
@@ -77,3 +78,16 @@ def test_the_script_says_what_is_missing(tmp_path: Path) -> None:
                          env={"PATH": bare})
     assert res.returncode == 2 and "cuda_codec_check: nvcc not found (install the CUDA toolkit)" in res.stderr
     assert (KERNELS / "turbo-cuda.cuh").is_file()
+
+
+def test_cuda_only_files_are_in_the_cuda_patch_byte_for_byte() -> None:
+    mcp = make_codec_patch()
+    patch = mcp.cuda_patch()
+    added = new_files(patch.read_text())
+    assert mcp.CUDA_ONLY and not set(mcp.CUDA_ONLY) & set(mcp.FILES)
+    for name, dest in mcp.CUDA_ONLY.items():
+        path = f"{dest}/{name}"
+        assert path in added, f"{patch.name} does not add {path}"
+        assert added[path] == (KERNELS / name).read_bytes(), (
+            f"{path} in {patch.name} differs from kernels/{name}: copy kernels/{name} into the tree, commit it into "
+            "the CUDA patch and re-export the series")
