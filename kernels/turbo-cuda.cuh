@@ -15,37 +15,28 @@
 
 // --------------------------------------------------------------------------- quantize
 // x: QK_TURBO floats anywhere (global or local memory); y: the block, written once
-__device__ __forceinline__ void turbo4_quantize_block_cuda(const float * x, block_turbo4 * y) {
+template <typename block_t, void (*quantize_block)(float *, block_t *)>
+__device__ __forceinline__ void turbo_quantize_block_cuda(const float * x, block_t * y) {
     float v[QK_TURBO];
 #pragma unroll
     for (int i = 0; i < QK_TURBO; ++i) {
         v[i] = x[i];
     }
-    block_turbo4 b;
-    turbo4_quantize_block_impl(v, &b);
+    block_t b;
+    quantize_block(v, &b);
     *y = b;
+}
+
+__device__ __forceinline__ void turbo4_quantize_block_cuda(const float * x, block_turbo4 * y) {
+    turbo_quantize_block_cuda<block_turbo4, turbo4_quantize_block_impl>(x, y);
 }
 
 __device__ __forceinline__ void turbo3_quantize_block_cuda(const float * x, block_turbo3 * y) {
-    float v[QK_TURBO];
-#pragma unroll
-    for (int i = 0; i < QK_TURBO; ++i) {
-        v[i] = x[i];
-    }
-    block_turbo3 b;
-    turbo3_quantize_block_impl(v, &b);
-    *y = b;
+    turbo_quantize_block_cuda<block_turbo3, turbo3_quantize_block_impl>(x, y);
 }
 
 __device__ __forceinline__ void turbo2_quantize_block_cuda(const float * x, block_turbo2 * y) {
-    float v[QK_TURBO];
-#pragma unroll
-    for (int i = 0; i < QK_TURBO; ++i) {
-        v[i] = x[i];
-    }
-    block_turbo2 b;
-    turbo2_quantize_block_impl(v, &b);
-    *y = b;
+    turbo_quantize_block_cuda<block_turbo2, turbo2_quantize_block_impl>(x, y);
 }
 
 // --------------------------------------------------------------------------- dequantize
@@ -63,17 +54,20 @@ __device__ __forceinline__ float turbo2_value_cuda(const void * vx, int64_t ib, 
 }
 
 // ggml-cuda's dequantize_kernel_t shape: values iqs (0..31) and iqs + 32 of block ib
+template <float (*value)(const void *, int64_t, int)>
+__device__ __forceinline__ void turbo_dequantize_pair_cuda(const void * vx, const int64_t ib, const int iqs, float2 & v) {
+    v.x = value(vx, ib, iqs);
+    v.y = value(vx, ib, iqs + QK_TURBO / 2);
+}
+
 __device__ __forceinline__ void dequantize_turbo4(const void * vx, const int64_t ib, const int iqs, float2 & v) {
-    v.x = turbo4_value_cuda(vx, ib, iqs);
-    v.y = turbo4_value_cuda(vx, ib, iqs + QK_TURBO / 2);
+    turbo_dequantize_pair_cuda<turbo4_value_cuda>(vx, ib, iqs, v);
 }
 
 __device__ __forceinline__ void dequantize_turbo3(const void * vx, const int64_t ib, const int iqs, float2 & v) {
-    v.x = turbo3_value_cuda(vx, ib, iqs);
-    v.y = turbo3_value_cuda(vx, ib, iqs + QK_TURBO / 2);
+    turbo_dequantize_pair_cuda<turbo3_value_cuda>(vx, ib, iqs, v);
 }
 
 __device__ __forceinline__ void dequantize_turbo2(const void * vx, const int64_t ib, const int iqs, float2 & v) {
-    v.x = turbo2_value_cuda(vx, ib, iqs);
-    v.y = turbo2_value_cuda(vx, ib, iqs + QK_TURBO / 2);
+    turbo_dequantize_pair_cuda<turbo2_value_cuda>(vx, ib, iqs, v);
 }

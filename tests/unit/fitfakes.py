@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tests.conftest import DATA
 from tests.unit import kvmodels
+from turboctl.build.manifest import Manifest
+from turboctl.kv.recipe import RecipePlan
 from turboctl.kv.rules import row_bytes
 
 FIT = DATA / "fit"
@@ -144,3 +146,20 @@ def write_fake_fit_params(bin_dir: Path) -> Path:
     path.write_text(SCRIPT)
     path.chmod(0o755)
     return path
+
+
+def fake_fit_build(tmp_path: Path) -> Manifest:
+    """A fake build (tests/unit/fakebuild.py) whose llama-fit-params is this module's."""
+    from tests.unit.fakebuild import fake_build
+
+    home = tmp_path / "turboctl-home"
+    write_fake_fit_params(home / "build" / "fake-cpu" / "bin")
+    return fake_build(home)
+
+
+def plan_for(model: Path, recipe: str, m: Manifest) -> RecipePlan:
+    """The checked plan of a recipe on a model (the preflight serve runs)."""
+    from turboctl.kv.recipe import parse_recipe
+    from turboctl.preflight import preflight
+
+    return preflight(m, model, [parse_recipe(recipe)])[1][0]

@@ -11,13 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DATA
-from tests.unit.fakebuild import fake_build
-from tests.unit.fitfakes import COMPUTE, FIT, WEIGHTS, bench_like, compute_at, synth_output, write_fake_fit_params
+from tests.unit.fitfakes import COMPUTE, FIT, WEIGHTS, bench_like, compute_at, fake_fit_build, plan_for, synth_output
 from turboctl import doctor
 from turboctl.build.manifest import Manifest
 from turboctl.errors import CommandFailed, DoesNotFit, VerificationError
-from turboctl.kv.recipe import RecipePlan, parse_recipe
-from turboctl.preflight import preflight
 from turboctl.serve import fit
 
 MAC = DATA / "macos"
@@ -141,9 +138,7 @@ def test_memory_args_keeps_what_the_projection_knows() -> None:
 # --------------------------------------------------------------------------- projection
 @pytest.fixture()
 def build(tmp_path: Path) -> Manifest:
-    home = tmp_path / "turboctl-home"
-    write_fake_fit_params(home / "build" / "fake-cpu" / "bin")
-    return fake_build(home)
+    return fake_fit_build(tmp_path)
 
 
 @pytest.fixture()
@@ -151,8 +146,7 @@ def model(tmp_path: Path) -> Path:
     return bench_like(tmp_path / "bench-like.gguf")
 
 
-def _plan(model: Path, recipe: str, m: Manifest) -> RecipePlan:
-    return preflight(m, model, [parse_recipe(recipe)])[1][0]
+_plan = plan_for
 
 
 def test_context_args_unify_the_kv_of_several_slots(build: Manifest, model: Path) -> None:

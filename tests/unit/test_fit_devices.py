@@ -15,15 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.fetchserver import loopback  # noqa: F401  (fixture)
-from tests.unit.fakebuild import fake_build
-from tests.unit.fitfakes import FIT, bench_like, fake_run, write_fake_fit_params
+from tests.unit.fitfakes import FIT, bench_like, fake_fit_build, fake_run, plan_for
 from tests.unit.rpcfakes import fake_worker
 from turboctl.build.manifest import Manifest
 from turboctl.cli import doctor as doctor_cli
 from turboctl.cli.main import app
 from turboctl.errors import DoesNotFit, UsageError, WorkerError
-from turboctl.kv.recipe import RecipePlan, parse_recipe
-from turboctl.preflight import preflight
+from turboctl.kv.recipe import parse_recipe
 from turboctl.serve import fit, whatif
 from turboctl.workers import check
 from turboctl.workers import identity as ident
@@ -32,22 +30,17 @@ GIB = fit.GIB
 MIB = fit.MIB
 A, B = "127.0.0.1:50061", "127.0.0.1:50062"  # the workers of the recorded run
 runner = CliRunner()
+_plan = plan_for
 
 
 @pytest.fixture()
 def build(tmp_path: Path) -> Manifest:
-    home = tmp_path / "turboctl-home"
-    write_fake_fit_params(home / "build" / "fake-cpu" / "bin")
-    return fake_build(home)
+    return fake_fit_build(tmp_path)
 
 
 @pytest.fixture()
 def model(tmp_path: Path) -> Path:
     return bench_like(tmp_path / "bench-like.gguf")
-
-
-def _plan(model: Path, recipe: str, m: Manifest) -> RecipePlan:
-    return preflight(m, model, [parse_recipe(recipe)])[1][0]
 
 
 def _local(n: int = 10 * GIB) -> fit.Budget:
