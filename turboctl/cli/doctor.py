@@ -19,9 +19,8 @@ from ..serve import router as router_logic
 from ..serve import whatif as whatif_logic
 from ..serve.command import parse_context
 from ..serve.profile import Profile
-from ..serve.request import worker_frees
+from ..serve.request import checked_workers, worker_frees
 from ..ui import UI
-from ..workers.check import build_identity, check_workers, loopback_note, parse_endpoints
 from .common import JsonOpt, handle_errors, start
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
@@ -45,13 +44,9 @@ def print_what_if(ui: UI, model: Path, recipe: Recipe | None, context: int | Lit
     train = whatif_logic.n_ctx_train_of(meta)
     budget = fit_logic.machine_budget(current_probe(), backend=m.backend)
     if workers:
-        endpoints = parse_endpoints(list(workers))
-        statuses = check_workers(endpoints, build_identity(m))
-        note = loopback_note(endpoints)
-        if note:
-            ui.warn(note)
+        statuses, rpc = checked_workers(workers, m, ui, announce=False)
         budget = fit_logic.pooled(budget, worker_frees(statuses))
-        extra_args = (*extra_args, "--rpc", ",".join(str(ep) for ep in endpoints))
+        extra_args = (*extra_args, *rpc)
     rows = whatif_logic.what_if(m, model, recipe, context, budget, n_ctx_train=train, parallel=parallel,
                                 batch_size=batch_size, extra_args=extra_args, env=env, meta=meta)
     doc = whatif_logic.report(model, context, budget, rows, n_ctx_train=train, parallel=parallel, backend=m.backend)

@@ -81,8 +81,13 @@ class DeviceBudget:
 
     @property
     def name(self) -> str:
-        """The name llama.cpp gives the device's buffer type: ``RPC<index>[HOST:PORT]``."""
-        return f"RPC{self.index}[{self.worker}]"
+        return rpc_device_name(self.worker, self.index)
+
+
+def rpc_device_name(worker: str, index: int) -> str:
+    """The name llama.cpp gives the buffer type of device ``index`` of an RPC worker:
+    ``RPC<index>[HOST:PORT]``."""
+    return f"RPC{index}[{worker}]"
 
 
 @dataclass(frozen=True)
@@ -278,18 +283,12 @@ def device_use(p: Projection, budget: Budget) -> list[DeviceUse]:
 def overs(p: Projection, budget: Budget) -> list[DeviceUse]:
     """The devices whose part of the projection is over their share (empty: it fits). Without RPC
     devices that is the whole projection against the whole budget."""
-    return [u for u in _uses(p, budget) if not u.fits]
-
-
-def _uses(p: Projection, budget: Budget) -> list[DeviceUse]:
-    if budget.devices:
-        return device_use(p, budget)
-    return [DeviceUse(LOCAL, p.total, budget.bytes, p.weights, p.total - p.weights - p.compute, p.compute)]
+    return [u for u in device_use(p, budget) if not u.fits]
 
 
 def load(p: Projection, budget: Budget) -> float:
     """The fullest device's bytes over its share (<= 1: it fits)."""
-    uses = _uses(p, budget)
+    uses = device_use(p, budget)
     return max((u.bytes / u.budget) if u.budget > 0 else (float("inf") if u.bytes else 0.0) for u in uses)
 
 

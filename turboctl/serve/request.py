@@ -20,7 +20,7 @@ from ..models import fetch
 from ..models.gguf import inspect_model, model_info_from_metadata, read_metadata
 from ..paths import Paths, write_text_atomic
 from ..ui import UI
-from ..workers.check import WorkerStatus, build_identity, loopback_note, parse_endpoints
+from ..workers.check import Endpoint, WorkerStatus, build_identity, loopback_note, parse_endpoints
 from ..workers.check import check_worker as check_one
 from . import fit as fit_mod
 from . import launch
@@ -177,7 +177,7 @@ def _worker_json(w: WorkerStatus, uses: Mapping[str, fit_mod.DeviceUse]) -> dict
     """A checked worker for the plan, with each of its devices' projected part and share."""
     doc = w.to_json()
     for d in doc["devices"]:
-        u = uses.get(f"RPC{d['index']}[{w.endpoint}]")
+        u = uses.get(fit_mod.rpc_device_name(str(w.endpoint), d["index"]))
         d["projected_bytes"] = u.bytes if u else 0
         d["share_bytes"] = u.budget if u else 0
     return doc
@@ -191,24 +191,39 @@ def worker_frees(workers: Sequence[WorkerStatus]) -> list[tuple[str, list[int]]]
 def check_workers(req: ServeRequest, m: Manifest | None, extra: tuple[str, ...],
                   ui: UI) -> tuple[list[WorkerStatus], tuple[str, ...]]:
     """The RPC workers (``--rpc``, else the profile's ``workers``), each checked before anything
-    starts (reachable, this build's identity, a passed self-test, its free memory), and the
-    server's extra arguments with ``--rpc`` added. A dry run without a build checks nothing."""
+    starts (:func:`checked_workers`), and the server's extra arguments with ``--rpc`` added. A dry
+    run without a build checks nothing."""
     given = req.rpc or (req.profile.workers if req.profile else ())
     if not given:
         return [], extra
+    if m is None:
+        return [], (*extra, *rpc_args(parse_endpoints(list(given))))
+    statuses, rpc = checked_workers(given, m, ui)
+    return statuses, (*extra, *rpc)
+
+
+def rpc_args(endpoints: Sequence[Endpoint]) -> tuple[str, ...]:
+    return ("--rpc", ",".join(str(ep) for ep in endpoints))
+
+
+def checked_workers(given: Sequence[str], m: Manifest, ui: UI, *,
+                    announce: bool = True) -> tuple[list[WorkerStatus], tuple[str, ...]]:
+    """Each worker (``HOST:PORT`` items) checked in order: reachable, this build's identity, a
+    passed self-test, its free memory (``announce``: an ok line each); the warning for workers on
+    this machine; and the ``--rpc`` arguments for llama.cpp's programs."""
     endpoints = parse_endpoints(list(given))
+    mine = build_identity(m)
     statuses: list[WorkerStatus] = []
-    if m is not None:
-        mine = build_identity(m)
-        for ep in endpoints:
-            w = check_one(ep, mine)
+    for ep in endpoints:
+        w = check_one(ep, mine)
+        if announce:
             ui.ok(f"RPC worker {ep}: this build, self-test {w.identity.self_test}, "
                   f"{fit_mod.human(w.free)} free of {fit_mod.human(w.total)}")
-            statuses.append(w)
-        note = loopback_note(endpoints)
-        if note:
-            ui.warn(note)
-    return statuses, (*extra, "--rpc", ",".join(str(ep) for ep in endpoints))
+        statuses.append(w)
+    note = loopback_note(endpoints)
+    if note:
+        ui.warn(note)
+    return statuses, rpc_args(endpoints)
 
 
 def endpoint(req: ServeRequest, server: Any) -> tuple[str, int]:

@@ -11,7 +11,6 @@ from typing import Any
 
 from ..build.manifest import Manifest
 from ..errors import BinaryMissing, UsageError, WorkerError
-from ..ui import UI
 from . import identity as ident
 from . import protocol
 
@@ -137,14 +136,3 @@ def check_workers(endpoints: Sequence[Endpoint], mine: ident.BuildIdentity, *,
                   timeout: float = protocol.TIMEOUT_S) -> list[WorkerStatus]:
     """Every worker checked, in order; the first that cannot be used is the error."""
     return [check_worker(ep, mine, timeout=timeout) for ep in endpoints]
-
-
-def checked(m: Manifest, text: str, ui: UI) -> list[str]:
-    """``--rpc HOST:PORT,...`` of a benchmark: each worker checked (:func:`check_worker`) with this
-    build's identity; their addresses."""
-    out = []
-    for ep in parse_endpoints(text):
-        w = check_worker(ep, build_identity(m))
-        ui.ok(f"RPC worker {ep}: this build, self-test {w.identity.self_test}")
-        out.append(str(ep))
-    return out

@@ -10,7 +10,7 @@ from ...bench import kld as kld_logic
 from ...bench import speed as speed_logic
 from ...paths import get_paths
 from ...preflight import current_build
-from ...workers.check import checked as checked_workers
+from ...serve.request import checked_workers
 from ..common import JsonOpt, handle_errors, start
 from .options import KvOpt, ModelOpt, NoRepackOpt, OutputOpt, ReportOpt, ThreadsOpt, app, finish
 
@@ -72,7 +72,7 @@ def speed(
     ui = start(json_out)
     paths = get_paths()
     m = current_build(paths)
-    workers = checked_workers(m, rpc, ui) if rpc else []
+    workers = [str(w.endpoint) for w in checked_workers([rpc], m, ui)[0]] if rpc else []
     plan = speed_logic.make_plan(m, paths, model=model, kv=kv or [], n_prompt=n_prompt, n_gen=n_gen,
                                  depth=depth, threads=threads, reps=reps, repack=not no_repack, rpc=workers)
     result = speed_logic.run(plan, ui)
