@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,10 @@ pytestmark = pytest.mark.slow
 
 SHIM = REPO / "tests" / "kernels" / "cuda_shim"
 ARCH = "sm_90"
+# GGML_CUDA_FA_<K>_<V>: 1 for the vector instances of the default GGML_CUDA_FA_QUANTS, else 0
+FA_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16")
+FA_DEFAULT = {("q4_0", "q4_0"), ("q8_0", "q8_0"), ("f16", "f16"), ("bf16", "bf16")}
+FA_DEFINES = [f"-DGGML_CUDA_FA_{k.upper()}_{v.upper()}={int((k, v) in FA_DEFAULT)}" for k in FA_TYPES for v in FA_TYPES]
 
 
 def series_cuda_sources() -> list[str]:
@@ -36,7 +41,9 @@ def series_cuda_sources() -> list[str]:
 
 def test_the_series_touches_cuda_sources() -> None:
     found = series_cuda_sources()
-    assert "ggml/src/ggml-cuda/turbo.cu" in found and "ggml/src/ggml-cuda/ggml-cuda.cu" in found, found
+    for name in ("turbo.cu", "ggml-cuda.cu", "fattn.cu", "convert.cu",
+                 "template-instances/fattn-vec-turbo-turbo4-turbo4.cu"):
+        assert f"ggml/src/ggml-cuda/{name}" in found, found
 
 
 @pytest.mark.parametrize("path", series_cuda_sources())
@@ -46,9 +53,12 @@ def test_the_series_cuda_sources_compile(llama_build: manifest.Manifest, path: s
         pytest.fail("nvcc is needed: CI compiles the series' CUDA sources (install the CUDA toolkit)")
     src = Path(llama_build.source.path)
     cuda = src / "ggml" / "src" / "ggml-cuda"
-    # the flags the CUDA build gives these files (ggml-cuda/CMakeLists.txt): C++17, no FA
-    # kernels needed to compile them, --fmad=false for turbo.cu (set on that file there)
-    flags = ["--fmad=false"] if path.endswith("/turbo.cu") else []
+    # the flags the CUDA build gives these files (ggml-cuda/CMakeLists.txt): C++17, fast math,
+    # extended lambdas, the default FA type combinations' switches (ggml/cmake/common.cmake),
+    # --fmad=false for turbo.cu (set on that file there, after the others)
+    flags = ["-use_fast_math", "-extended-lambda", *FA_DEFINES]
+    if path.endswith("/turbo.cu"):
+        flags.append("--fmad=false")
     cmd = [nvcc, "-std=c++17", f"-arch={ARCH}", *flags, "-Werror", "all-warnings", "-c", str(src / path),
            f"-I{cuda}", f"-I{src / 'ggml' / 'src'}", f"-I{src / 'ggml' / 'include'}", f"-I{SHIM}",
            "-o", str(tmp_path / "out.o")]
@@ -58,3 +68,11 @@ def test_the_series_cuda_sources_compile(llama_build: manifest.Manifest, path: s
     print(f"\n[cuda] {path} compiled for {ARCH} in {time.monotonic() - started:.1f} s")
     cmake = (cuda / "CMakeLists.txt").read_text()
     assert 'set_source_files_properties(turbo.cu PROPERTIES COMPILE_OPTIONS "--fmad=false")' in cmake
+
+
+def test_the_patched_tree_has_the_generated_fa_instances(llama_build: manifest.Manifest) -> None:
+    """kernels/gen_cuda.py --check on the tree the series was applied to: the instances and the
+    lookup compiled by the build are the generator's, and no other turbo instance file is there."""
+    res = subprocess.run([sys.executable, str(REPO / "kernels" / "gen_cuda.py"), "--tree", llama_build.source.path,
+                          "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -3,7 +3,9 @@
 // the edge cases (zeros, NaN, +-Inf, values past the f16 range, denormals, one non-zero value)
 // are quantized on the GPU and by the reference, and must be identical byte for byte; the
 // reference's blocks are decoded on the GPU (value by value and through the two-value
-// dequantizer ggml-cuda's templates call) and must equal the reference's floats bit for bit.
+// dequantizer ggml-cuda's templates call, and four at a time as codebook bytes times the
+// sub-block scale, the shape of the flash-attention kernels) and must equal the reference's
+// floats bit for bit.
 //
 // Built by tests/kernels/test_cuda.py:
 //   nvcc -std=c++17 --fmad=false -arch=<the GPU's> -I kernels -I <root with ggml-turbo/> \
@@ -31,11 +33,13 @@
     } while (0)
 
 // --------------------------------------------------------------------------- kernels
-template <typename block_t, void (*quantize)(const float *, block_t *)>
+// one warp per block (the quantizer's shape): lane l passes values l and l + 32
+template <typename block_t, void (*quantize)(float, float, block_t *)>
 __global__ void quantize_blocks(const float * x, block_t * y, int64_t nb) {
-    const int64_t ib = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t ib = ((int64_t) blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
     if (ib < nb) {
-        quantize(x + ib * QK_TURBO, y + ib);
+        quantize(x[ib * QK_TURBO + lane], x[ib * QK_TURBO + lane + 32], y + ib);
     }
 }
 
@@ -57,6 +61,20 @@ __global__ void decode_pairs(const void * vx, float * y, int64_t nb) {
         dequantize(vx, ib, iqs, v);
         y[ib * QK_TURBO + iqs]                = v.x;
         y[ib * QK_TURBO + iqs + QK_TURBO / 2] = v.y;
+    }
+}
+
+template <typename block_t, int (*codes4)(const block_t *, int)>
+__global__ void decode_codes4(const block_t * x, float * y, int64_t nb) {
+    const int64_t t = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;  // one (block, 4 values)
+    if (t < nb * (QK_TURBO / 4)) {
+        const int64_t ib = t / (QK_TURBO / 4);
+        const int     i  = 4 * (int) (t % (QK_TURBO / 4));
+        const int     q  = codes4(x + ib, i);
+        const float   d  = turbo_sub_scale_cuda(x[ib].e, i);
+        for (int n = 0; n < 4; ++n) {
+            y[ib * QK_TURBO + i + n] = d * (float) (int8_t) (q >> (8 * n));
+        }
     }
 }
 
@@ -113,9 +131,10 @@ static std::vector<float> test_values(int64_t n_random, int64_t * n_blocks) {
 }
 
 // --------------------------------------------------------------------------- one type
-template <typename block_t, void (*quantize)(const float *, block_t *),
+template <typename block_t, void (*quantize)(float, float, block_t *),
           float (*value)(const void *, int64_t, int),
-          void (*dequantize)(const void *, const int64_t, const int, float2 &)>
+          void (*dequantize)(const void *, const int64_t, const int, float2 &),
+          int (*codes4)(const block_t *, int)>
 static bool check_type(const char * name, const std::vector<float> & x, int64_t nb,
                        void (*quantize_ref)(const float *, block_t *, int64_t),
                        void (*dequantize_ref)(const block_t *, float *, int64_t)) {
@@ -134,7 +153,7 @@ static bool check_type(const char * name, const std::vector<float> & x, int64_t 
     CHECK(cudaMemcpy(d_x, x.data(), n * sizeof(float), cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(d_ref, ref.data(), nb * sizeof(block_t), cudaMemcpyHostToDevice));
 
-    quantize_blocks<block_t, quantize><<<(unsigned) ((nb + 127) / 128), 128>>>(d_x, d_y, nb);
+    quantize_blocks<block_t, quantize><<<(unsigned) ((nb + 3) / 4), 128>>>(d_x, d_y, nb);
     CHECK(cudaGetLastError());
     CHECK(cudaMemcpy(got.data(), d_y, nb * sizeof(block_t), cudaMemcpyDeviceToHost));
     int64_t q_diff = 0;
@@ -156,12 +175,20 @@ static bool check_type(const char * name, const std::vector<float> & x, int64_t 
     decode_pairs<dequantize><<<(unsigned) ((n_pairs + 255) / 256), 256>>>(d_ref, d_f, nb);
     CHECK(cudaGetLastError());
     CHECK(cudaMemcpy(pairs.data(), d_f, n * sizeof(float), cudaMemcpyDeviceToHost));
+    CHECK(cudaMemset(d_f, 0xFF, n * sizeof(float)));
+    std::vector<float> fours(n);
+    const int64_t n_fours = nb * (QK_TURBO / 4);
+    decode_codes4<block_t, codes4><<<(unsigned) ((n_fours + 255) / 256), 256>>>(d_ref, d_f, nb);
+    CHECK(cudaGetLastError());
+    CHECK(cudaMemcpy(fours.data(), d_f, n * sizeof(float), cudaMemcpyDeviceToHost));
     CHECK(cudaDeviceSynchronize());
     int64_t v_diff = 0;
     int64_t p_diff = 0;
+    int64_t c_diff = 0;
     for (int64_t i = 0; i < n; ++i) {
         v_diff += std::memcmp(&want[i], &dec[i], sizeof(float)) != 0;
         p_diff += std::memcmp(&want[i], &pairs[i], sizeof(float)) != 0;
+        c_diff += std::memcmp(&want[i], &fours[i], sizeof(float)) != 0;
     }
     CHECK(cudaFree(d_x));
     CHECK(cudaFree(d_y));
@@ -169,12 +196,12 @@ static bool check_type(const char * name, const std::vector<float> & x, int64_t 
     CHECK(cudaFree(d_f));
 
     std::printf("%s: %lld blocks; quantize: %lld differ from the reference; dequantize: %lld values differ "
-                "(one by one), %lld (in pairs)\n", name, (long long) nb, (long long) q_diff, (long long) v_diff,
-                (long long) p_diff);
+                "(one by one), %lld (in pairs), %lld (as codebook bytes, 4 at a time)\n", name, (long long) nb,
+                (long long) q_diff, (long long) v_diff, (long long) p_diff, (long long) c_diff);
     if (first >= 0) {
         std::printf("%s: first differing block %lld\n", name, (long long) first);
     }
-    return q_diff == 0 && v_diff == 0 && p_diff == 0;
+    return q_diff == 0 && v_diff == 0 && p_diff == 0 && c_diff == 0;
 }
 
 int main(int argc, char ** argv) {
@@ -187,11 +214,14 @@ int main(int argc, char ** argv) {
     int64_t nb = 0;
     const std::vector<float> x = test_values(n_random, &nb);
     bool ok = true;
-    ok &= check_type<block_turbo4, turbo4_quantize_block_cuda, turbo4_value_cuda, dequantize_turbo4>(
+    ok &= check_type<block_turbo4, turbo4_quantize_block_warp_cuda, turbo4_value_cuda, dequantize_turbo4,
+                      turbo4_codes4_cuda>(
         "turbo4", x, nb, turbo4_quantize_row_ref, turbo4_dequantize_row_ref);
-    ok &= check_type<block_turbo3, turbo3_quantize_block_cuda, turbo3_value_cuda, dequantize_turbo3>(
+    ok &= check_type<block_turbo3, turbo3_quantize_block_warp_cuda, turbo3_value_cuda, dequantize_turbo3,
+                      turbo3_codes4_cuda>(
         "turbo3", x, nb, turbo3_quantize_row_ref, turbo3_dequantize_row_ref);
-    ok &= check_type<block_turbo2, turbo2_quantize_block_cuda, turbo2_value_cuda, dequantize_turbo2>(
+    ok &= check_type<block_turbo2, turbo2_quantize_block_warp_cuda, turbo2_value_cuda, dequantize_turbo2,
+                      turbo2_codes4_cuda>(
         "turbo2", x, nb, turbo2_quantize_row_ref, turbo2_dequantize_row_ref);
     std::printf("cuda codec: %s\n", ok ? "ok" : "MISMATCH");
     return ok ? 0 : 1;

@@ -12,12 +12,17 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_codec_patch() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_codec_patch", ROOT / "kernels" / "make_codec_patch.py")
+def kernel_script(name: str) -> ModuleType:
+    """kernels/<name>.py imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "kernels" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def make_codec_patch() -> ModuleType:
+    return kernel_script("make_codec_patch")
 
 
 def new_files(patch: str) -> dict[str, bytes]:

@@ -46,6 +46,9 @@ def test_backend_flags() -> None:
     linux = host("Linux", "x86_64", ("nvcc",), gpu=True)
     cuda = cmake.cmake_flags(cmake.BACKENDS["cuda"], linux, selftest=False, curl=False)
     assert "-DGGML_CUDA=ON" in cuda and "-DGGML_CCACHE=OFF" in cuda
+    assert "-DCMAKE_CUDA_ARCHITECTURES=native" in cuda  # the GPU's own architecture only
+    no_gpu = cmake.cmake_flags(cmake.BACKENDS["cuda"], host("Linux", "x86_64", ("nvcc",)), selftest=False, curl=False)
+    assert "-DGGML_CUDA=ON" in no_gpu and not any("CMAKE_CUDA_ARCHITECTURES" in f for f in no_gpu)
     assert cmake.cmake_flags(cmake.BACKENDS["cpu"], linux, selftest=False, curl=False)[-4] == \
         "-DGGML_CCACHE=OFF"
     # the RPC backend, with the build identity its handshake sends

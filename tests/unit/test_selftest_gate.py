@@ -118,6 +118,17 @@ def test_fa_case_params_and_optional() -> None:
     assert not causal.optional and causal.param("kv_used") == "187"
     shift = next(r for r in rows if r.op == "K_SHIFT")
     assert shift.head_dims() is None and not shift.optional and shift.cache_types() == {"turbo2"}
+    # head dim 512 over an unpadded KV (kv=200): a shape llama.cpp does not make; unreachable
+    # only when not supported (a case that runs counts); at 256, or at 512 padded: neither
+    wide = next(r for r in rows if r.head_dims() == (512, 512) and r.param("kv") == "200" and not r.features())
+    assert wide.unpadded_wide() and not wide.optional and not wide.unreachable()  # it passed here
+    gone = selftest.CaseRow(wide.backend, wide.op, wide.params, False, False, "not supported")
+    assert gone.unreachable()
+    assert not table.unpadded_wide()
+    padded = selftest.CaseRow(wide.backend, wide.op, wide.params.replace("kv=200", "kv=512"), False, False, "")
+    assert padded.param("kv") == "512" and not padded.unpadded_wide() and not padded.unreachable()
+    odd = selftest.CaseRow(wide.backend, wide.op, wide.params.replace("kv=200", "kv=x"), True, True, "")
+    assert not odd.unpadded_wide()
     odd = selftest.CaseRow("MTL0", "FLASH_ATTN_EXT", "hsk=64,hsv=64,sinks=x,type_K=turbo4,type_V=turbo4", False,
                            False, "not supported")
     assert odd.features() == ["attention sinks"] and odd.optional  # unreadable: not the table case
@@ -324,9 +335,9 @@ def test_gate_names_unsupported_cases_as_cpu_fallback() -> None:
                     error="not supported")
     m = fake_build(home(), sql=text, backend="metal")
     err = refusal(m, "q8_0", "turbo3")
-    # 43 cases of the pair not supported; the 10 optional ones among them are left to
-    # check_kv_head_dims, the 33 others refuse the pair outright
-    assert err.message.startswith("refusing K=q8_0 V=turbo3 on the metal backend: 33 case(s) not supported "
+    # 43 cases of the pair not supported; the 13 optional ones among them are left to
+    # check_kv_head_dims, the 30 others refuse the pair outright
+    assert err.message.startswith("refusing K=q8_0 V=turbo3 on the metal backend: 30 case(s) not supported "
                                   "on MTL0 (they would fall back to the CPU): FLASH_ATTN_EXT(")
     assert m.selftest is not None and m.selftest.status == "fail"
 
@@ -559,7 +570,7 @@ def test_recorded_cuda_selftest_refuses_every_turbo_type() -> None:
     assert s.counts == manifest.SelftestCounts(passed=4, failed=0, unsupported=519)
     assert {r.params for r in rows if r.passed} == {r.params for r in rows if r.op == "K_SHIFT" and "q8_0" in r.params}
     assert selftest.verdict(s, returncode=0, timed_out=False, timeout=900, device="CUDA0") == (
-        "fail", "444 not supported on CUDA0 of 523 turbo cases")
+        "fail", "411 not supported on CUDA0 of 523 turbo cases")
     m = fake_build(home(), sql=CUDA_H200.read_text(), backend="cuda")
     for pair in PAIRS:
         k, v = pair.split("/")
@@ -598,3 +609,24 @@ def test_gate_checks_every_pair_of_a_recipe_at_its_layers_head_dims(tmp_path: Pa
     with pytest.raises(GateRefused, match="refusing K=turbo2 V=turbo4 on the cpu backend: the self-test has no "
                                           "FLASH_ATTN_EXT case for this K/V pair"):
         gate.check_recipe(m, parse_recipe("q8_0;0=turbo2/turbo4").resolve(layout), info)
+
+
+def test_unpadded_head_dim_512_not_supported_refuses_nothing() -> None:
+    """What the H200 reports (docs/verify/cuda-h200-test-backend-ops-turbo.txt): head dim 512
+    over KV 200 and differing K/V head dims not supported, everything else passing. The
+    self-test passes, and the gate serves the pairs; a model with head dim 512 is refused only
+    when the record has no case at 512 that ran (this older recording has none over a padded KV)."""
+    text = SQL.read_text()
+    for params in ("hsk=512,hsv=512,nh=2,nr23=[2,1],kv=200", "hsk=256,hsv=128", "hsk=128,hsv=64"):
+        text = edit_sql(text, "FLASH_ATTN_EXT", params, supported=0, passed=0, error="not supported")
+    m = fake_build(home(), sql=text, backend="cuda")
+    assert m.selftest is not None and m.selftest.status == "pass", m.selftest
+    gate.check_kv_types(m, "turbo4", "turbo4")
+    gate.check_kv_types(m, "q8_0", "turbo3")
+    gate.check_kv_head_dims(m, "turbo4", "turbo4", {(128, 128): [0, 1]})
+    with pytest.raises(GateRefused, match=r"no FLASH_ATTN_EXT case for this pair at head dims K 512 / V 512"):
+        gate.check_kv_head_dims(m, "turbo4", "turbo4", {(512, 512): [5]})
+    # a wrong result at that shape still fails the self-test
+    bad = edit_sql(SQL.read_text(), "FLASH_ATTN_EXT", "hsk=512,hsv=512,nh=2,nr23=[2,1],kv=200,nb=1,",
+                   supported=1, passed=0, error="")
+    assert fake_build(home(), sql=bad, backend="cuda").selftest.status == "fail"  # type: ignore[union-attr]

@@ -72,7 +72,10 @@ class MetalBackend(Backend):
 
 class CudaBackend(Backend):
     def flags(self, host: Host) -> list[str]:
-        return ["-DGGML_CUDA=ON"]
+        # with a GPU here: kernels for its own architecture only (nvcc -arch=native; one
+        # architecture instead of ggml's default list keeps the build to minutes); without one
+        # (a cross build) ggml's default list
+        return ["-DGGML_CUDA=ON", *(["-DCMAKE_CUDA_ARCHITECTURES=native"] if host.has_nvidia_gpu() else [])]
 
     def usable(self, host: Host) -> str | None:
         if not host.which("nvcc"):

@@ -11,7 +11,9 @@ a cache type calls it first (``bench kld``, ``bench speed``; ``serve`` later). R
   supported" on the device (on Metal and CUDA that is a silent CPU fallback); a K/V pair
   with no FLASH_ATTN_EXT case in the self-test is refused too (nothing shows it runs on
   the device). Optional cases (outside the kernel table: K/V head dims that differ, extra
-  attention features) that the device does not support do not refuse a pair here;
+  attention features) that the device does not support do not refuse a pair here; a case
+  the device does not support at a shape llama.cpp does not produce (head dim 512 over a KV
+  length that is not a multiple of 256: ``CaseRow.unpadded_wide``) refuses nothing at all;
 
 :func:`check_kv_head_dims` is the second half, for a model: with the (K, V) head dims of the
 model's layers (:func:`model_head_dims`), it refuses a turbo K/V pair that has no passing
