@@ -58,6 +58,8 @@ def load(dirs: list[Path]) -> dict[tuple[str, str, int], float]:
                 rows = json.loads(f.read_text())
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{f}: not llama-bench JSON ({e})") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) and "n_depth" in r for r in rows):
+                raise SystemExit(f"{f}: not llama-bench JSON (a list of test results); keep only those in {d}")
             for row in rows:
                 kind = "pp" if row["n_prompt"] else "tg"
                 out[(f.stem, kind, int(row["n_depth"]))] = float(row["avg_ts"])

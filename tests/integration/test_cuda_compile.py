@@ -24,10 +24,18 @@ pytestmark = pytest.mark.slow
 
 SHIM = REPO / "tests" / "kernels" / "cuda_shim"
 ARCH = "sm_90"
-# GGML_CUDA_FA_<K>_<V>: 1 for the vector instances of the default GGML_CUDA_FA_QUANTS, else 0
-FA_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16")
-FA_DEFAULT = {("q4_0", "q4_0"), ("q8_0", "q8_0"), ("f16", "f16"), ("bf16", "bf16")}
-FA_DEFINES = [f"-DGGML_CUDA_FA_{k.upper()}_{v.upper()}={int((k, v) in FA_DEFAULT)}" for k in FA_TYPES for v in FA_TYPES]
+
+
+def fa_defines(src: Path) -> list[str]:
+    """-DGGML_CUDA_FA_<K>_<V>=0/1 as the tree's CMake sets them by default: 1 for the vector
+    instances of GGML_CUDA_FA_QUANTS (ggml/CMakeLists.txt), 0 for the other combinations of
+    FA_TYPES (ggml/cmake/common.cmake)."""
+    types = re.search(r"set\(FA_TYPES ([^)]*)\)", (src / "ggml" / "cmake" / "common.cmake").read_text())
+    quants = re.search(r'set\s*\(GGML_CUDA_FA_QUANTS "([^"]*)"', (src / "ggml" / "CMakeLists.txt").read_text())
+    assert types and quants, "the tree's CMake no longer sets FA_TYPES / GGML_CUDA_FA_QUANTS the expected way"
+    names = types.group(1).split()
+    on = {tuple(c.split("-")) for c in quants.group(1).split(";")}
+    return [f"-DGGML_CUDA_FA_{k.upper()}_{v.upper()}={int((k, v) in on)}" for k in names for v in names]
 
 
 def series_cuda_sources() -> list[str]:
@@ -56,7 +64,7 @@ def test_the_series_cuda_sources_compile(llama_build: manifest.Manifest, path: s
     # the flags the CUDA build gives these files (ggml-cuda/CMakeLists.txt): C++17, fast math,
     # extended lambdas, the default FA type combinations' switches (ggml/cmake/common.cmake),
     # --fmad=false for turbo.cu (set on that file there, after the others)
-    flags = ["-use_fast_math", "-extended-lambda", *FA_DEFINES]
+    flags = ["-use_fast_math", "-extended-lambda", *fa_defines(src)]
     if path.endswith("/turbo.cu"):
         flags.append("--fmad=false")
     cmd = [nvcc, "-std=c++17", f"-arch={ARCH}", *flags, "-Werror", "all-warnings", "-c", str(src / path),
