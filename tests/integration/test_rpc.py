@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -279,3 +280,42 @@ def test_doctor_projects_each_worker_device_as_the_server_allocates_it(home: Pat
     for (sw, skv, sc), (pw, pkv, pc) in zip(served, projected, strict=True):
         assert abs(sw - pw) < 0.01 and abs(skv - pkv) < 0.01, (served, projected)
         assert abs(sc - pc) <= 0.25 * pc, (served, projected)
+
+
+_SPLIT = re.compile(r"^## SPLIT #\d+: RPC\d+\[[^\]]*\] # (\d+) inputs: (.*)$", re.M)
+
+
+def _device_split_inputs(bench: str, worker: Worker, model: Path, kv: list[str]) -> list[list[str]]:
+    """The inputs of every device split the scheduler printed (GGML_SCHED_DEBUG=1) while
+    llama-bench decoded two tokens through the worker."""
+    res = subprocess.run([bench, "-m", str(model), "--rpc", worker.address, "-ngl", "99", "-fa", "1", "-p", "0",
+                          "-n", "2", "-r", "1", "-t", "1", *kv, "-v"],
+                         env=dict(os.environ, GGML_SCHED_DEBUG="1"), text=True, capture_output=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    splits = []
+    for m in _SPLIT.finditer(res.stderr):
+        names = re.findall(r"\[([^\]]*?) \(\s*\d+K\)\]", m.group(2))
+        assert len(names) == int(m.group(1)), m.group(0)
+        splits.append(names)
+    assert splits, "no device split in the scheduler's debug output:\n" + res.stderr[-3000:]
+    return splits
+
+
+@pytest.mark.parametrize("kv", [["-ctk", "turbo4", "-ctv", "turbo4"],
+                                ["-ctk", "turbo4", "-ctv", "turbo4", "--kv-adaptive", "7"],
+                                ["-ctk", "f16", "-ctv", "turbo3"]], ids=["turbo4", "recipe", "f16-turbo3"])
+def test_the_rotation_is_copied_to_the_device_once_per_graph(llama_build: manifest.Manifest, home: Path,
+                                                           tiny: Path, kv: list[str]) -> None:
+    """Each rotation used to view the cache's rotation input anew, and the scheduler copies
+    every distinct view of a host input as an input of its own: eight copies per layer at every
+    decoded token (the cause of most of the CUDA decode gap to q4_0, README "Speed on CUDA").
+    Now a device split gets the signs and matrix of a head dim once: no more inputs than
+    upstream's rotated q4_0 cache, none twice."""
+    bench = llama_build.binary("llama-bench")
+    with workers(home, 1) as (w,):
+        base = max(len(s) for s in _device_split_inputs(bench, w, tiny, ["-ctk", "q4_0", "-ctv", "q4_0"]))
+        for names in _device_split_inputs(bench, w, tiny, kv):
+            assert len(names) == len(set(names)), names
+            assert not any("(view)" in n for n in names), names
+            assert len(names) <= base + 1, (names, base)
