@@ -14,6 +14,7 @@ runtime calls by total time.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import csv
 import itertools
@@ -102,6 +103,7 @@ def report(gpu: list[Event], host: list[Event], gap_us: float, top: int) -> dict
     copies: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
     gaps: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0])
     api: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    host_starts = [h.start for h in host]
     for i in idx:
         s = steps[i]
         for ev in s:
@@ -120,11 +122,11 @@ def report(gpu: list[Event], host: list[Event], gap_us: float, top: int) -> dict
                 g = gaps[(short(a.name), short(b.name))]
                 g[0] += 1
                 g[1] += b.start - end
+        # host is sorted by start: the calls of this step are one slice of it
         t0, t1 = s[0].start, steps[i + 1][0].start
-        for h in host:
-            if t0 <= h.start < t1:
-                api[h.name][0] += 1
-                api[h.name][1] += h.dur
+        for h in host[bisect.bisect_left(host_starts, t0):bisect.bisect_left(host_starts, t1)]:
+            api[h.name][0] += 1
+            api[h.name][1] += h.dur
 
     def per_step(v: int) -> float:
         return round(v / n / 1000, 2)
