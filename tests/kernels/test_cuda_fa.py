@@ -5,7 +5,9 @@ Patch 0018 must add exactly the files kernels/gen_cuda.py generates from kernels
 (one vector-kernel instance file per K/V pair, every head dim; the lookup fattn.cu uses); every
 pair and head dim of the table has a compiled instance and a dispatch entry and nothing else
 does; fattn.cu answers turbo types only from that lookup and refuses pairs outside the table;
-the build compiles the instance files; the kernel's K and V readers know every turbo type."""
+the build compiles the instance files; the kernel's K and V readers know every turbo type;
+the grouped-query decode kernel (fattn-vec-turbo-gqa.cuh, written by hand) is reached only from
+the vector case of the pairs it serves, with group sizes that divide the GQA ratio."""
 from __future__ import annotations
 
 import re
@@ -20,6 +22,7 @@ from tests.kernels.test_metal_patch import kernel_script, new_files
 
 ROOT = Path(__file__).resolve().parents[2]
 PATCHES = ROOT / "patches"
+GQA = "ggml/src/ggml-cuda/fattn-vec-turbo-gqa.cuh"  # the one hand-written new file of the patch
 
 
 def gen_cuda() -> ModuleType:
@@ -49,7 +52,7 @@ def patch_text() -> str:
 def test_the_patch_adds_exactly_the_generated_files(patch_text: str) -> None:
     gen = gen_cuda()
     want = gen.generated_files()
-    added = {p: t for p, t in new_files(patch_text).items() if p.startswith(gen.CUDA_DIR)}
+    added = {p: t for p, t in new_files(patch_text).items() if p.startswith(gen.CUDA_DIR) and p != GQA}
     assert set(added) == set(want), (
         f"{fa_patch().name} adds {sorted(set(added) - set(want))} that kernels/gen_cuda.py does not generate and "
         f"lacks {sorted(set(want) - set(added))}: run kernels/gen_cuda.py --tree on the patched tree and re-export")
@@ -147,3 +150,27 @@ def test_a_table_without_pairs_is_an_error(tmp_path: Path) -> None:
     header.write_text("static const int nothing = 0;\n")
     with pytest.raises(SystemExit, match="cannot find turbo_fa_pairs"):
         gen.read_table(header)
+
+
+def test_the_gqa_kernel_is_reached_from_the_vector_case_of_its_pairs(patch_text: str) -> None:
+    files = {p: t.decode() for p, t in new_files(patch_text).items()}
+    assert GQA in files, f"{fa_patch().name} does not add {GQA}"
+    vec = changed_lines(patch_text, "ggml/src/ggml-cuda/fattn-vec.cuh")
+    assert '#include "fattn-vec-turbo-gqa.cuh"' in vec
+    # the hook: compiled only for the pairs the kernel serves, and falls through to the vector kernel
+    assert re.search(r"if constexpr \(fattn_gqa_pair<type_K, type_V>\(\)\) \{\s*"
+                     r"if \(ggml_cuda_flash_attn_ext_vec_gqa_case<D, type_K, type_V>\(ctx, dst\)\) \{\s*return;", vec)
+    gqa = files[GQA]
+    # a reader for every turbo type and q8_0; no pair of two q8_0 sides (not ours)
+    for t, fn in (("TURBO4", "turbo4"), ("TURBO3", "turbo3"), ("TURBO2", "turbo2")):
+        assert re.search(rf"struct fattn_gqa_row<GGML_TYPE_{t}> : fattn_gqa_turbo_row<block_{fn}, {fn}_codes4_cuda>",
+                         gqa), t
+    assert "struct fattn_gqa_row<GGML_TYPE_Q8_0>" in gqa
+    assert "(type_K != GGML_TYPE_Q8_0 || type_V != GGML_TYPE_Q8_0)" in gqa
+    # one query row only, a KV length of whole tiles; each group size is launched only where it
+    # divides the GQA ratio and its shared memory fits
+    assert "if (Q->ne[1] != 1 || K->ne[1] % FATTN_GQA_ROWS != 0)" in gqa
+    launches = re.findall(r"if \(gqa_ratio % (\d+) == 0\) \{\s*ggml_cuda_flash_attn_ext_vec_gqa_launch<D, (\d+),", gqa)
+    assert sorted(launches) == [("2", "2"), ("4", "4"), ("8", "8")], launches
+    for g in (8, 4, 2):
+        assert f"fattn_gqa_shared_bytes<D, {g}, type_K, type_V>() <= FATTN_GQA_TILE_MAX" in gqa, g
